@@ -23,8 +23,11 @@ AGENT_NAME = "mempo_agent"
 
 
 @functools.lru_cache(maxsize=1)
-def _ppo_trainer_config() -> DictConfig:
-    """verl's ``ppo_trainer`` config composed from the installed package (once per process, ~1 s)."""
+def ppo_trainer_config() -> DictConfig:
+    """verl's ``ppo_trainer`` config composed from the installed package (once per process, ~1 s), struct off.
+
+    Shared and cached: merge into it (``OmegaConf.merge`` returns a new node), never modify it in place.
+    """
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="verl.trainer.config", version_base=None):
@@ -62,7 +65,7 @@ def trainer_config(config: EvalConfig, method: ContextPolicyName) -> DictConfig:
     }
     # merge returns a new config: the cached composition is never modified
     merged = OmegaConf.merge(
-        _ppo_trainer_config(),
+        ppo_trainer_config(),
         {"actor_rollout_ref": {"model": {"path": config.backend.tokenizer_path}, "rollout": rollout}, "mempo": mempo},
         OmegaConf.from_dotlist(list(config.overrides)),
     )

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
@@ -166,22 +167,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MEMPO_CACHE_DIR", Path.home() / ".cache" / "mempo_verl"))
 
 
-def tiny_model_dir(cache_dir: str | os.PathLike | None = None, config: TinyModelConfig = TinyModelConfig()) -> Path:
-    """Save the tiny model and tokenizer as a Hugging Face folder (once) and return its path.
+def build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """``target``, built by ``build(folder)`` unless it already holds a ``config.json``.
 
-    The folder is written to a temporary sibling and renamed into place, so concurrent callers (pytest workers,
-    Ray actors) never see a half-written model.
+    ``build`` writes into a temporary sibling that is renamed into place, so concurrent callers (pytest workers, Ray
+    actors) never see a half-written model: a folder that exists is complete.
     """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / f"tiny-qwen2-{config.fingerprint()}"
     if (target / "config.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    logger.info("building tiny Qwen2 model in %s", target)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-qwen2-", dir=root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("building %s", target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        build_qwen25_tokenizer().save_pretrained(staging)
-        build_tiny_model(config).save_pretrained(staging)
+        build(staging)
         try:
             staging.rename(target)
         except OSError:  # another process won the race; its folder is complete
@@ -190,3 +188,14 @@ def tiny_model_dir(cache_dir: str | os.PathLike | None = None, config: TinyModel
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def tiny_model_dir(cache_dir: str | os.PathLike | None = None, config: TinyModelConfig = TinyModelConfig()) -> Path:
+    """Save the tiny model and tokenizer as a Hugging Face folder (once, ``build_once``) and return its path."""
+
+    def build(folder: Path) -> None:
+        build_qwen25_tokenizer().save_pretrained(folder)
+        build_tiny_model(config).save_pretrained(folder)
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return build_once(root / f"tiny-qwen2-{config.fingerprint()}", build)

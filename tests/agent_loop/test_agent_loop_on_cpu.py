@@ -21,12 +21,14 @@ from omegaconf import OmegaConf
 from mempo_verl.agent_loop import MemPOAgentLoop
 from mempo_verl.envs import Environment, Observation, register_env
 from mempo_verl.envs.synthetic import make_synthetic_rows
+from mempo_verl.eval.loop import ppo_trainer_config
 from mempo_verl.protocol import ToolCall, render_turn
 from mempo_verl.rewards import compute_score, golds_from_ground_truth, score_answer
 from mempo_verl.segments import Segment, decode_ids
 from mempo_verl.testing.policy_server import PolicyServer
 
 QUESTION = "What is the capital of France?"
+REWARD_FUNCTION = {"custom_reward_function": {"path": "pkg://mempo_verl.rewards", "name": "compute_score"}}
 ENV_CALLS: list[str] = []
 
 
@@ -89,20 +91,11 @@ def sample(uid="u1", session_id=0, **extra_info):
 @pytest.fixture(scope="module")
 def base_config(tiny_model_path):
     """verl's real ppo_trainer config, composed from the installed package, with our reward function."""
-    from hydra import compose, initialize_config_module
-
-    overrides = [
-        f"actor_rollout_ref.model.path={tiny_model_path}",
-        "actor_rollout_ref.rollout.prompt_length=1024",
-        "actor_rollout_ref.rollout.response_length=128",
-        "actor_rollout_ref.rollout.calculate_log_probs=true",
-        "reward.custom_reward_function.path=pkg://mempo_verl.rewards",
-        "reward.custom_reward_function.name=compute_score",
-    ]
-    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
-        config = compose(config_name="ppo_trainer", overrides=overrides)
-    OmegaConf.set_struct(config, False)  # our recipes add the `mempo:` section in YAML; here tests merge it in
-    return config
+    rollout = {"prompt_length": 1024, "response_length": 128, "calculate_log_probs": True}
+    model = {"path": str(tiny_model_path)}
+    return OmegaConf.merge(
+        ppo_trainer_config(), {"actor_rollout_ref": {"model": model, "rollout": rollout}, "reward": REWARD_FUNCTION}
+    )
 
 
 def make_config(base, rollout=None, **mempo):
