@@ -1,14 +1,33 @@
-"""Shared fixtures: the tiny offline Qwen2 model and tokenizer, built once per test session."""
+"""Shared fixtures: the tiny offline Qwen2 models and tokenizer, built once per test session."""
+
+import time
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory):
+def model_cache(tmp_path_factory):
+    """The session's model cache: pass it as `MEMPO_CACHE_DIR` and the recipes' `${mempo_tiny_model:…}` reuse it."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(model_cache):
     """Hugging Face folder of the tiny Qwen2 model (random weights, real Qwen2.5 tokenizer)."""
     from mempo_verl.testing.tiny_model import tiny_model_dir
 
-    return tiny_model_dir(tmp_path_factory.mktemp("models"))
+    return tiny_model_dir(model_cache)
+
+
+@pytest.fixture(scope="session")
+def format_tuned_path(model_cache, tiny_model_path):
+    """The tiny model warm-started on the MemPO turn format (`mempo_verl.testing.warm_start`; ≈ 1-2 min once)."""
+    from mempo_verl.testing.warm_start import format_tuned_model_dir
+
+    start = time.perf_counter()
+    path = format_tuned_model_dir(model_cache)
+    print(f"\nformat-tuned tiny model ready in {time.perf_counter() - start:.1f} s: {path.name}")
+    return path
 
 
 @pytest.fixture(scope="session")
