@@ -9,6 +9,7 @@ The section sits at the top level of verl's composed config, next to ``actor_rol
       env:     {name: search_qa, kwargs: {topk: 3}, tool_timeout_s: 60}
       reward:  {mode: all_em, source: reward_function}
       credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, loss_normalization: token_mean}
+      update:  {mini_batch: prompts}
       run:     {timeout_s: 0, credit_dump_dir: null}
       tags:    {mem: mem, think: think, tool_call: tool_call, answer: answer, information: information}
 
@@ -213,6 +214,29 @@ class CreditConfig:
         _check_choice("mempo.credit.loss_normalization", self.loss_normalization, get_args(LossNormalization))
 
 
+MiniBatching = Literal["prompts", "rows"]
+"""What ``actor_rollout_ref.actor.ppo_mini_batch_size`` counts (DESIGN §3 "updates per step"):
+
+prompts  prompts, as in verl's single-turn recipes: a step makes train_batch_size / ppo_mini_batch_size optimizer
+         updates whatever the number of segments, each over the step's rows / that many (default)
+rows     rows, verl V1's own behaviour: mini-batches of ppo_mini_batch_size × rollout.n rows, so a step with more
+         segments makes more (and smaller-than-intended) updates
+"""
+
+MINI_BATCHINGS: tuple[MiniBatching, ...] = get_args(MiniBatching)
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """How a step's rows become optimizer updates (``mempo.update``)."""
+
+    mini_batch: MiniBatching = "prompts"
+    """What ``ppo_mini_batch_size`` counts: ``prompts`` (default) or ``rows`` (verl's); see ``MiniBatching``."""
+
+    def __post_init__(self) -> None:
+        _check_choice("mempo.update.mini_batch", self.mini_batch, MINI_BATCHINGS)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """How `python -m mempo_verl.main` runs the trainer (``mempo.run``)."""
@@ -242,6 +266,7 @@ class MemPOConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     credit: CreditConfig = field(default_factory=CreditConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tags: TagSet = field(default_factory=TagSet)
     """Tag names of the turn grammar (``protocol.TagSet``; DESIGN §3 "tag names configurable")."""

@@ -1,8 +1,8 @@
 """MemPOTrainer: verl 0.9.1's synchronous V1 trainer with MemPO's memory credit and advantage in the step.
 
-Only `_compute_advantage` changes (STYLE §3). verl's `compute_advantage_for_multi_trajectories` broadcasts a
-session's advantage only for the exact estimator name "grpo" and calls any other estimator row by row without the
-session structure, so MemPO owns this hook:
+Only the steps that must change are overridden (STYLE §3). verl's `compute_advantage_for_multi_trajectories`
+broadcasts a session's advantage only for the exact estimator name "grpo" and calls any other estimator row by row
+without the session structure, so MemPO owns `_compute_advantage`:
 
     1. read the step's rows (rewards, masks, the segment metadata the agent loop wrote into `extra_fields`)
     2. KL-in-reward and rollout correction exactly as verl does (verl's own functions)
@@ -12,7 +12,12 @@ session structure, so MemPO owns this hook:
     4. the `mempo` advantage: A^T per session (GRPO over the prompt's sessions) + α·A^M on `<mem>` tokens (Eq. 9)
     5. write advantages back to TransferQueue, log the mempo/* metrics
 
-Notation: B rows (segments) in the step, T response tokens, U unique scoring sequences.
+and, under `mempo.update.mini_batch: prompts` (DESIGN §3 "updates per step"), `_get_required_batch_multiple` and
+`_update_actor`: verl V1 sizes PPO mini-batches in rows (ppo_mini_batch_size × n), but a step's row count is its
+segment count, which changes with the episodes' turns; MemPO keeps K = train_batch_size / ppo_mini_batch_size
+optimizer updates per step, as in verl's single-turn recipes, each over B / K rows.
+
+Notation: B rows (segments) in the step, T response tokens, U unique scoring sequences, K mini-batches per step.
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ import transfer_queue as tq
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.protocol import DataProto
+from verl.trainer.distillation import is_distillation_enabled
 from verl.trainer.ppo.ray_trainer import apply_kl_penalty
 from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.metric import reduce_metrics
+from verl.utils.py_functional import rename_dict
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
@@ -132,6 +140,26 @@ def dump_credit(
             out.write(json.dumps(record) + "\n")
 
 
+def prompt_mini_batches(train_batch_size: int, ppo_mini_batch_size: int) -> int:
+    """K, the optimizer updates per step when `ppo_mini_batch_size` counts prompts: train_batch_size / it."""
+    if ppo_mini_batch_size < 1 or train_batch_size % ppo_mini_batch_size:
+        raise ValueError(
+            f"mempo.update.mini_batch=prompts needs data.train_batch_size ({train_batch_size}) to be a multiple of "
+            f"actor_rollout_ref.actor.ppo_mini_batch_size ({ppo_mini_batch_size}): K = their ratio updates per step"
+        )
+    return train_batch_size // ppo_mini_batch_size
+
+
+def rows_per_mini_batch(num_rows: int, mini_batches: int, dp_size: int) -> int:
+    """B / K rows in each of the step's K mini-batches; verl's worker splits them evenly over dp ranks."""
+    if num_rows % (mini_batches * dp_size):
+        raise ValueError(
+            f"{num_rows} rows cannot form {mini_batches} mini-batches over {dp_size} data-parallel ranks "
+            "(_get_required_batch_multiple pads the step to a multiple of their product)"
+        )
+    return num_rows // mini_batches
+
+
 def scoring_row(sequence: ScoringSequence) -> dict[str, torch.Tensor]:
     """A scoring sequence laid out as an agent-loop row: the fields verl's actor reads in `compute_log_prob`."""
     input_ids = torch.tensor(sequence.input_ids, dtype=torch.int64)
@@ -155,6 +183,48 @@ class MemPOTrainer(PPOTrainerSync):
     def __init__(self, config):
         super().__init__(config)
         self.mempo = MemPOConfig.from_config(config.get("mempo"))
+        self.mini_batches: int | None = None  # K under `mempo.update.mini_batch: prompts`; None: verl's row count
+        if self.mempo.update.mini_batch == "prompts":
+            if self.use_critic or is_distillation_enabled(config.get("distillation")):
+                raise ValueError(
+                    "mempo.update.mini_batch=prompts sizes the actor update only: use mempo.update.mini_batch=rows "
+                    "with a critic or distillation"
+                )
+            self.mini_batches = prompt_mini_batches(
+                config.data.train_batch_size, config.actor_rollout_ref.actor.ppo_mini_batch_size
+            )
+
+    # ------------------------------------------------------------------------------------------- mini-batches
+    def _get_required_batch_multiple(self, dp_size: int) -> int:
+        """verl pads the step's rows to this multiple (padding rows carry no loss): dp × K under `prompts`."""
+        if self.mini_batches is None:
+            return super()._get_required_batch_multiple(dp_size)
+        return dp_size * self.mini_batches
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """verl's actor update (trainer_base.py `_update_actor`) with K mini-batches of B / K rows under `prompts`."""
+        if self.mini_batches is None:
+            return super()._update_actor(batch, metrics)
+        actor = self.config.actor_rollout_ref.actor
+        dp_size = max(self.actor_rollout_wg._query_dispatch_info("actor")) + 1
+        mini_batch_rows = rows_per_mini_batch(len(batch), self.mini_batches, dp_size)
+        batch.extra_info.update(
+            {
+                "calculate_entropy": actor.calculate_entropy or actor.entropy_coeff != 0.0,
+                "global_batch_size": mini_batch_rows,
+                "mini_batch_size": mini_batch_rows,
+                "epochs": actor.ppo_epochs,
+                "seed": actor.data_loader_seed,
+                "dataloader_kwargs": {"shuffle": actor.shuffle},
+                "temperature": self.config.actor_rollout_ref.rollout.temperature,
+            }
+        )
+        output = rename_dict(self.actor_rollout_wg.update_actor(batch)["metrics"], "actor/")
+        output["perf/mfu/actor"] = output.pop("actor/mfu")
+        metrics.update(reduce_metrics(output))
+        metrics["mempo/update/mini_batches"] = self.mini_batches
+        metrics["mempo/update/rows_per_mini_batch"] = mini_batch_rows
+        return batch
 
     # -------------------------------------------------------------------------------------------- memory credit
     def _answer_probabilities(self, sequences: tuple[ScoringSequence, ...], partition_id: str) -> torch.Tensor:

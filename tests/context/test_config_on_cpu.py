@@ -13,6 +13,7 @@ def test_defaults_follow_design():
     assert (config.context.policy, config.context.retain_turns) == ("memory", 1)  # MemPO context
     assert config.reward == RewardConfig("all_em", "reward_function")
     assert config.env.name == "search_qa" and config.tags == TagSet()
+    assert config.update.mini_batch == "prompts"  # DESIGN §3 "updates per step"
 
 
 def test_from_dict_and_omegaconf_agree():
@@ -37,7 +38,7 @@ def test_interpolations_resolve():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"contxt": {}}, r"unknown key\(s\) mempo.contxt; allowed: agent, context, env, reward, credit, run, tags"),
+        ({"contxt": {}}, r"unknown key\(s\) mempo.contxt; allowed: agent, context, env, reward, credit, update, run"),
         ({"context": {"window": 2}}, r"mempo.context.window; allowed: policy, retain_turns"),
         ({"context": {"policy": "react"}}, r"mempo.context.policy='react' is invalid; allowed: memory, full, mem1"),
         ({"context": {"retain_turns": 0}}, r"mempo.context.retain_turns=0 is invalid; allowed: an integer >= 1 or"),
@@ -52,6 +53,7 @@ def test_interpolations_resolve():
         ({"reward": {"mode": "exact"}}, r"mempo.reward.mode='exact' is invalid; allowed: all_em, em_mean"),
         ({"reward": {"source": "model"}}, r"allowed: reward_function, environment"),
         ({"tags": {"mem": "<mem>"}}, r"TagSet.mem='<mem>'"),
+        ({"update": {"mini_batch": "segments"}}, r"update.mini_batch='segments' is invalid; allowed: prompts, rows"),
     ],
 )
 def test_errors_name_key_value_and_allowed(values, message):

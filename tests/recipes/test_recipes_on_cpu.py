@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from mempo_verl.config import MemPOConfig
 from mempo_verl.main import RECIPES_DIR
+from mempo_verl.trainer import prompt_mini_batches
 
 RECIPES = sorted(path.stem for path in Path(RECIPES_DIR).glob("*.yaml"))
 MEMPO_RECIPES = [name for name in RECIPES if name != "grpo_tiny"]  # grpo_tiny is verl's own GRPO baseline
@@ -43,6 +44,8 @@ def test_mempo_recipe_section_is_valid_and_consistent(name):
         assert mempo.context.policy == "full" and mempo.credit.alpha == 0
     if name.startswith(("grpo_", "mem1_")):
         assert mempo.credit.alpha == 0  # baselines: GRPO advantage only
+    if mempo.update.mini_batch == "prompts":  # the trainer would refuse to start otherwise
+        prompt_mini_batches(config.data.train_batch_size, config.actor_rollout_ref.actor.ppo_mini_batch_size)
 
 
 def test_paper_recipe_matches_the_paper():

@@ -1,4 +1,5 @@
-"""The MemPO trainer's pure pieces: rows -> memory-credit inputs, `<mem>` token mask, scoring rows, metrics.
+"""The MemPO trainer's pure pieces: rows -> memory-credit inputs, `<mem>` token mask, scoring rows, metrics,
+prompt-level mini-batch sizes.
 
 The trainer step itself (TransferQueue, the actor's compute_log_prob) runs for real in tests/e2e.
 """
@@ -11,7 +12,14 @@ import torch
 from mempo_verl.memory_credit import MemoryCredit, build_scoring_sequence, question_scoring_messages
 from mempo_verl.metrics import credit_metrics, episode_metrics
 from mempo_verl.segments import EpisodeSummary, Segment, TurnRecord
-from mempo_verl.trainer import dump_credit, memory_token_mask, scoring_row, segment_turns
+from mempo_verl.trainer import (
+    dump_credit,
+    memory_token_mask,
+    prompt_mini_batches,
+    rows_per_mini_batch,
+    scoring_row,
+    segment_turns,
+)
 
 
 def _turn(index: int, memory: str | None = "m", mem_span=(0, 3), **kw) -> TurnRecord:
@@ -128,3 +136,18 @@ def test_dump_credit_writes_one_line_per_real_row(tmp_path):
     (record,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert record["key"] == "u_0_0" and record["advantages"] == [1.0, 1.0, 1.0]
     assert record["memory_reward"] == 0.25 and record["memory_advantage"] == 1.5 and record["mem_span"] == [0, 3]
+
+
+def test_prompt_mini_batches_count_updates_per_step():
+    assert prompt_mini_batches(128, 32) == 4  # the paper recipe: 4 updates per step, whatever the segment count
+    assert prompt_mini_batches(2, 2) == 1
+    with pytest.raises(ValueError, match=r"train_batch_size \(10\) to be a multiple of .*ppo_mini_batch_size \(4\)"):
+        prompt_mini_batches(10, 4)
+
+
+def test_rows_per_mini_batch_splits_the_steps_rows_into_k():
+    # 4 prompts × n=16 sessions × ~3 segments: 192 rows -> 4 updates of 48 rows (verl would make 3 of 64)
+    assert rows_per_mini_batch(192, mini_batches=4, dp_size=8) == 48
+    assert rows_per_mini_batch(14, mini_batches=1, dp_size=2) == 14
+    with pytest.raises(ValueError, match="13 rows cannot form 1 mini-batches over 2 data-parallel ranks"):
+        rows_per_mini_batch(13, mini_batches=1, dp_size=2)
