@@ -4,8 +4,10 @@
 `single_turn_agent`, recipes/grpo_tiny.yaml + the `platform=cpu` preset where there is no accelerator) on the tiny
 model and the shipped sample QA set: 2 steps with a checkpoint each, then a second process with
 `trainer.resume_mode=auto` for step 3. Both processes run under `run_with_watchdog`: a failure names the first
-real worker error, a hang ends at the limit. Further trainer runs (the MemPO trainer) belong here too, as session
-fixtures built with `launch_trainer`."""
+real worker error, a hang ends at the limit.
+
+`mempo_tiny` is the MemPO run: the user CLI (`python -m mempo_verl.main --config-name tiny_cpu`) on the
+format-tuned tiny model, 2 steps + a resumed 3rd, with the per-row credit dump the tests recompute."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 SMOKE_REWARD = Path(__file__).with_name("smoke_reward.py")
 RUN_TIMEOUT_S = 420  # one trainer process (≈ 150 s); the whole 2 + 1 step smoke takes ≈ 5 min on 2 cores
+MEMPO_TIMEOUT_S = 600  # one MemPO process (≈ 180 s): multi-turn rollouts and memory credit on top
 
 
 @dataclass
@@ -117,3 +120,70 @@ def grpo_smoke(tmp_path_factory, tiny_model_path) -> SmokeRuns:
     )
     resumed.result.raise_for_failure()
     return SmokeRuns(first=first, resumed=resumed)
+
+
+def write_guess_parquet(out_dir: Path) -> tuple[Path, Path]:
+    """train/test parquet (`mempo_agent`) of the shipped rows whose gold is the warm start's guess, in shipped order.
+
+    Why these rows: the format-tuned model answers its guess on some sessions and made-up text on the others
+    (mempo_verl/testing/warm_start.py, item 2), so the sessions of a prompt get rewards 1 and 0 and A^T is not 0.
+    """
+    from mempo_verl.data.builder import BuildConfig, build_rows, load_pools, write_splits
+    from mempo_verl.testing.warm_start import WarmStartConfig
+
+    rows = build_rows(load_pools("sample"), BuildConfig(objectives=1))
+    guessed = [
+        row for row in rows["train"] if row["reward_model"]["ground_truth"]["target"] == [[WarmStartConfig.guess]]
+    ]
+    written = write_splits({"train": guessed, "test": rows["test"][:4]}, out_dir)
+    return written["train"], written["test"]
+
+
+def launch_mempo(
+    work_dir: Path, name: str, overrides: list[str], model_cache: Path, timeout_s: float = MEMPO_TIMEOUT_S
+) -> TrainerRun:
+    """The user CLI, `python -m mempo_verl.main --config-name tiny_cpu`, under the watchdog.
+
+    `MEMPO_CACHE_DIR=model_cache`: the recipe's `${mempo_tiny_model:format}` finds the session's format-tuned model.
+    """
+    metrics_path = work_dir / f"{name}.metrics.jsonl"
+    checkpoint_dir = work_dir / "checkpoints"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mempo_verl.main",
+        "--config-name=tiny_cpu",
+        f"trainer.default_local_dir={checkpoint_dir}",
+        f"hydra.run.dir={work_dir / ('hydra-' + name)}",
+        f"mempo.run.credit_dump_dir={work_dir / 'credit'}",
+        "mempo.run.timeout_s=0",  # the test's own watchdog bounds the run
+        *overrides,
+    ]
+    env = {**trainer_env(metrics_path), "MEMPO_CACHE_DIR": str(model_cache)}
+    result = run_with_watchdog(cmd, timeout_s, work_dir / f"{name}.log", env=env, cwd=work_dir)
+    return TrainerRun(result=result, metrics=read_metrics(metrics_path), checkpoint_dir=checkpoint_dir)
+
+
+@dataclass
+class MemPORuns(SmokeRuns):
+    train_file: Path  # the prompts in training order (no shuffling)
+
+
+@pytest.fixture(scope="session")
+def mempo_tiny(tmp_path_factory, model_cache, format_tuned_path) -> MemPORuns:
+    """MemPO through the user CLI on the format-tuned tiny model: 2 steps + checkpoints, then a resumed 3rd step."""
+    work = tmp_path_factory.mktemp("mempo_tiny")
+    train, val = write_guess_parquet(work / "data")
+    common = [
+        "trainer.save_freq=1",
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        "actor_rollout_ref.rollout.n=4",
+    ]
+    first = launch_mempo(work, "steps1-2", [*common, "trainer.total_training_steps=2"], model_cache)
+    first.result.raise_for_failure()
+    resumed = launch_mempo(
+        work, "step3", [*common, "trainer.total_training_steps=3", "trainer.resume_mode=auto"], model_cache
+    )
+    resumed.result.raise_for_failure()
+    return MemPORuns(first=first, resumed=resumed, train_file=train)
