@@ -2,11 +2,7 @@
 and real local HTTP servers that fail on cue."""
 
 import asyncio
-import json
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -16,6 +12,7 @@ from mempo_verl.envs import SearchQAEnv, make_env
 from mempo_verl.protocol import ToolCall, parse_turn
 from mempo_verl.retrieval import BackgroundServer, create_app, make_retriever
 from mempo_verl.retrieval.documents import read_corpus
+from mempo_verl.testing.scripted_http import ScriptedHTTPServer, closed_port_url
 
 QUESTION = "What is the capital of Aldmark?"  # qa.jsonl sample-0000; supporting passage id "0" (Aldmark)
 ROW = {
@@ -172,50 +169,7 @@ def test_http_backend_against_our_retrieval_server(env):
     assert obs.ok and obs.text == run(env, search(QUESTION)).text  # same passages, same format, over HTTP
 
 
-class FailingServer:
-    """A real HTTP server on 127.0.0.1 (free port, own thread) answering every request with `status` after
-    `delay_s`; counts the requests it got."""
-
-    def __init__(self, status: int, delay_s: float = 0.0):
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                outer.requests += 1
-                time.sleep(delay_s)
-                body = json.dumps({"detail": "index exploded"}).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and hung up
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/retrieve"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/retrieve"  # nothing listens there any more: connection refused
+INDEX_EXPLODED = {"detail": "index exploded"}
 
 
 def _assert_unavailable(url: str, attempts: int = 2, limit_s: float = 3.0):
@@ -231,17 +185,17 @@ def _assert_unavailable(url: str, attempts: int = 2, limit_s: float = 3.0):
 
 
 def test_server_returning_500_is_retried_then_reported():
-    with FailingServer(500) as server:
+    with ScriptedHTTPServer([(500, 0.0, INDEX_EXPLODED)]) as server:
         _assert_unavailable(server.url)
         assert server.requests == 2  # first attempt + 1 retry
 
 
 def test_server_down_is_reported():
-    _assert_unavailable(_closed_port_url())
+    _assert_unavailable(closed_port_url())
 
 
 def test_slow_server_times_out_and_is_reported():
-    with FailingServer(200, delay_s=1.0) as server:
+    with ScriptedHTTPServer([(200, 1.0, INDEX_EXPLODED)]) as server:
         obs = _assert_unavailable(server.url, limit_s=1.5)  # 2 x 0.2 s timeouts, not 2 x 1 s
         assert obs.metrics["retrieval_latency_s"] >= 0.4
 

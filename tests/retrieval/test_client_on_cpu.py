@@ -1,11 +1,7 @@
 """RetrievalClient retries (mempo_verl/retrieval/client.py) against real local HTTP servers that misbehave on cue."""
 
 import asyncio
-import json
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -17,52 +13,9 @@ from mempo_verl.retrieval.client import (
     endpoint_url,
     parse_response,
 )
+from mempo_verl.testing.scripted_http import ScriptedHTTPServer, closed_port_url
 
 OK_BODY = {"result": [[{"document": {"id": "1", "contents": '"T"\ntext'}, "score": 1.5}]]}
-
-
-class ScriptedServer:
-    """A real HTTP server on 127.0.0.1 answering request i with script[i] = (status, delay_s, body); counts requests.
-
-    Requests past the end of the script repeat its last entry.
-    """
-
-    def __init__(self, script):
-        self.script = script
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                status, delay, body = outer.script[min(outer.requests, len(outer.script) - 1)]
-                outer.requests += 1
-                time.sleep(delay)
-                payload = json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and hung up: expected in the slow-server test
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/retrieve"
-
-    def __enter__(self):
-        # a short poll interval keeps shutdown() (which waits for the next poll) fast
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def client(url, **kwargs):
@@ -95,14 +48,14 @@ def test_parse_response_rejects_broken_contract():
 
 
 def test_500_twice_then_success():
-    with ScriptedServer([(500, 0, {"detail": "boom"}), (500, 0, {"detail": "boom"}), (200, 0, OK_BODY)]) as srv:
+    with ScriptedHTTPServer([(500, 0, {"detail": "boom"}), (500, 0, {"detail": "boom"}), (200, 0, OK_BODY)]) as srv:
         hits = client(srv.url).search(["q"], topk=1)
         assert srv.requests == 3  # two retries used
     assert hits[0][0].doc_id == "1"
 
 
 def test_always_500_raises_with_attempts():
-    with ScriptedServer([(503, 0, {"detail": "down"})]) as srv:
+    with ScriptedHTTPServer([(503, 0, {"detail": "down"})]) as srv:
         with pytest.raises(RetrievalError) as err:
             client(srv.url, max_retries=3).search(["q"], topk=1)
         assert srv.requests == 4  # 1 + max_retries
@@ -111,18 +64,15 @@ def test_always_500_raises_with_attempts():
 
 
 def test_nothing_listening_fails_fast():
-    with socket.socket() as s:  # a port that was free a moment ago: connection refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     start = time.monotonic()
     with pytest.raises(RetrievalError) as err:
-        client(f"http://127.0.0.1:{port}").search(["q"], topk=1)
+        client(closed_port_url()).search(["q"], topk=1)
     assert time.monotonic() - start < 2.0
     assert err.value.attempts == 3 and isinstance(err.value.cause, httpx.ConnectError)
 
 
 def test_slow_server_times_out_then_errors():
-    with ScriptedServer([(200, 0.6, OK_BODY)]) as srv:
+    with ScriptedHTTPServer([(200, 0.6, OK_BODY)]) as srv:
         with pytest.raises(RetrievalError) as err:
             client(srv.url, max_retries=1).search(["q"], topk=1)
         assert srv.requests == 2  # the timeout was retried once
@@ -130,7 +80,7 @@ def test_slow_server_times_out_then_errors():
 
 
 def test_4xx_is_not_retried():
-    with ScriptedServer([(422, 0, {"message": "body.topk: bad"})]) as srv:
+    with ScriptedHTTPServer([(422, 0, {"message": "body.topk: bad"})]) as srv:
         with pytest.raises(RetrievalError) as err:
             client(srv.url).search(["q"], topk=1)
         assert srv.requests == 1
@@ -138,17 +88,17 @@ def test_4xx_is_not_retried():
 
 
 def test_bad_body_is_not_retried():
-    with ScriptedServer([(200, 0, {"nope": 1})]) as srv:
+    with ScriptedHTTPServer([(200, 0, {"nope": 1})]) as srv:
         with pytest.raises(RetrievalError, match="bad response body"):
             client(srv.url).search(["q"], topk=1)
         assert srv.requests == 1
 
 
 def test_async_retries_then_success_and_failure():
-    with ScriptedServer([(500, 0, {}), (200, 0, OK_BODY)]) as srv:
+    with ScriptedHTTPServer([(500, 0, {}), (200, 0, OK_BODY)]) as srv:
         hits = asyncio.run(client(srv.url).asearch(["q"], topk=1))
         assert srv.requests == 2 and hits[0][0].score == 1.5
-    with ScriptedServer([(502, 0, {})]) as srv:
+    with ScriptedHTTPServer([(502, 0, {})]) as srv:
         with pytest.raises(RetrievalError) as err:
             asyncio.run(client(srv.url, max_retries=1).asearch(["q"], topk=1))
         assert srv.requests == 2 and err.value.attempts == 2
