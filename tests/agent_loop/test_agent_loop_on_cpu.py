@@ -13,7 +13,6 @@ import math
 import pickle
 from types import SimpleNamespace
 
-import hydra
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -21,7 +20,7 @@ from omegaconf import OmegaConf
 from mempo_verl.agent_loop import MemPOAgentLoop
 from mempo_verl.envs import Environment, Observation, register_env
 from mempo_verl.envs.synthetic import make_synthetic_rows
-from mempo_verl.eval.loop import ppo_trainer_config
+from mempo_verl.eval.loop import make_agent_loop, ppo_trainer_config
 from mempo_verl.protocol import ToolCall, render_turn
 from mempo_verl.rewards import compute_score, golds_from_ground_truth, score_answer
 from mempo_verl.segments import Segment, decode_ids
@@ -117,29 +116,11 @@ def sampling_params(config):
     )
 
 
-async def make_loop(config, server, tokenizer):
-    """Exactly AgentLoopWorker._run_agent_loop's instantiation (verl/experimental/agent_loop/agent_loop.py)."""
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
-    from verl.utils.dataset.rl_dataset import RLHFDataset
-
-    return hydra.utils.instantiate(
-        config=_agent_loop_registry["mempo_agent"],
-        trainer_config=DictConfigWrap(config=config),
-        server_manager=server,
-        tokenizer=tokenizer,
-        processor=None,
-        hf_model_type="qwen2",
-        dataset_cls=RLHFDataset,
-        data_config=DictConfigWrap(config.data),
-        tools=ToolListWrap([]),
-    )
-
-
 def run_session(config, server, tokenizer, row=None):
     ENV_CALLS.clear()
 
     async def go():
-        loop = await make_loop(config, server, tokenizer)
+        loop = make_agent_loop(config, server, tokenizer, hf_model_type="qwen2")
         return await loop.run(sampling_params(config), **(row or sample()))
 
     return asyncio.run(go())

@@ -12,11 +12,10 @@ import json
 from collections import Counter
 from dataclasses import replace
 
-import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from mempo_verl.eval.loop import ppo_trainer_config
+from mempo_verl.eval.loop import agent_kwargs, make_agent_loop, ppo_trainer_config
 from mempo_verl.protocol import parse_turn
 from mempo_verl.segments import Segment
 from mempo_verl.testing.policy_server import PolicyServer
@@ -57,35 +56,15 @@ def loop_config(tiny_model_path):
     )
 
 
-def as_sample(row, index):
-    """A parquet row as verl's agent-loop worker hands it to `run` (see tests/agent_loop)."""
-    sample = {k: v for k, v in row.items() if k not in ("prompt", "agent_name")}
-    sample.update(raw_prompt=row["prompt"], uid=f"p{index}", session_id=0, global_steps=1, index=index, tools_kwargs={})
-    return sample
-
-
-def run_sessions(config, server, tokenizer, samples, temperature):
-    """One session per sample through the real MemPOAgentLoop; returns each session's segments."""
-    from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
-    from verl.utils.dataset.rl_dataset import RLHFDataset
-
+def run_sessions(config, server, tokenizer, rows, temperature):
+    """One session per parquet row through the real MemPOAgentLoop; returns each session's outputs and segments."""
     params = dict(temperature=temperature, top_p=1.0, top_k=-1, repetition_penalty=1.0, logprobs=False)
 
     async def go():
         sessions = []
-        for sample in samples:
-            loop = hydra.utils.instantiate(
-                config=_agent_loop_registry["mempo_agent"],
-                trainer_config=DictConfigWrap(config=config),
-                server_manager=server,
-                tokenizer=tokenizer,
-                processor=None,
-                hf_model_type="qwen2",
-                dataset_cls=RLHFDataset,
-                data_config=DictConfigWrap(config.data),
-                tools=ToolListWrap([]),
-            )
-            outputs = await loop.run(params, **sample)
+        for index, row in enumerate(rows):
+            loop = make_agent_loop(config, server, tokenizer, hf_model_type="qwen2")
+            outputs = await loop.run(params, **agent_kwargs(row, uid=f"p{index}"))
             sessions.append((outputs, [Segment.from_extra_fields(o.extra_fields) for o in outputs]))
         return sessions
 
@@ -135,7 +114,7 @@ def test_training_contexts_are_what_the_agent_loop_sends(loop_config, tokenizer)
     episodes = ScriptedEpisodes(tokenizer, WarmStartConfig())
     examples = asyncio.run(episodes.examples(row, answer="Grey Sea", max_turns=4))
     server = PolicyServer(None, tokenizer, script=[list(ex.response_ids) for ex in examples])
-    [(outputs, segments)] = run_sessions(loop_config, server, tokenizer, [as_sample(row, 0)], temperature=1.0)
+    [(outputs, segments)] = run_sessions(loop_config, server, tokenizer, [row], temperature=1.0)
     assert [list(r.prompt_ids) for r in server.requests] == [list(ex.prompt_ids) for ex in examples]
     assert [o.response_ids for o in outputs] == [list(ex.response_ids) for ex in examples]
     last = segments[-1]
@@ -166,7 +145,7 @@ def test_sampled_sessions_write_the_turn_format(tuned, loop_config):
     model, tokenizer = tuned
     rows = build_rows(load_pools("sample"), BuildConfig(objectives=1))["test"][:NUM_EPISODES]
     server = PolicyServer(model, tokenizer, mode="sampling", seed=0)
-    sessions = run_sessions(loop_config, server, tokenizer, [as_sample(r, i) for i, r in enumerate(rows)], 1.0)
+    sessions = run_sessions(loop_config, server, tokenizer, rows, 1.0)
     first_turns = [segments[0].turns[0] for _, segments in sessions]
     valid = [t for t in first_turns if not t.format_errors]
     multi_turn = [s for s in sessions if len(s[0]) > 1]
