@@ -194,6 +194,10 @@ class MemPOTrainer(PPOTrainerSync):
                 config.data.train_batch_size, config.actor_rollout_ref.actor.ppo_mini_batch_size
             )
 
+    def _actor_dp_size(self) -> int:
+        """Data-parallel ranks of the actor (as verl's `_balance_batch` reads them)."""
+        return max(self.actor_rollout_wg._query_dispatch_info("actor")) + 1
+
     # ------------------------------------------------------------------------------------------- mini-batches
     def _get_required_batch_multiple(self, dp_size: int) -> int:
         """verl pads the step's rows to this multiple (padding rows carry no loss): dp × K under `prompts`."""
@@ -206,8 +210,7 @@ class MemPOTrainer(PPOTrainerSync):
         if self.mini_batches is None:
             return super()._update_actor(batch, metrics)
         actor = self.config.actor_rollout_ref.actor
-        dp_size = max(self.actor_rollout_wg._query_dispatch_info("actor")) + 1
-        mini_batch_rows = rows_per_mini_batch(len(batch), self.mini_batches, dp_size)
+        mini_batch_rows = rows_per_mini_batch(len(batch), self.mini_batches, self._actor_dp_size())
         batch.extra_info.update(
             {
                 "calculate_entropy": actor.calculate_entropy or actor.entropy_coeff != 0.0,
@@ -233,7 +236,7 @@ class MemPOTrainer(PPOTrainerSync):
         Returns:
             `(U,)` geometric mean of the gold-token probabilities.
         """
-        dp_size = max(self.actor_rollout_wg._query_dispatch_info("actor")) + 1
+        dp_size = self._actor_dp_size()
         # the FSDP workers deadlock on a row count not divisible by dp (VERL_NOTES.md): repeat the last sequence
         padded = list(sequences) + [sequences[-1]] * (-len(sequences) % dp_size)
         keys = [f"mempo-score-{uuid.uuid4().hex}-{i}" for i in range(len(padded))]
