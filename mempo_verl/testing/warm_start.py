@@ -211,7 +211,7 @@ class ScriptedEpisodes:
 
 
 def training_rows() -> list[dict[str, Any]]:
-    """The shipped QA set's single-question train rows: ``build_rows(load_pools("sample"), BuildConfig())``."""
+    """The shipped QA set's single-question train rows (`build_rows` with `BuildConfig(objectives=1)`)."""
     from mempo_verl.data.builder import BuildConfig, build_rows, load_pools
 
     return build_rows(load_pools("sample"), BuildConfig(objectives=1))["train"]

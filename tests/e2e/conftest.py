@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 SMOKE_REWARD = Path(__file__).with_name("smoke_reward.py")
 RUN_TIMEOUT_S = 420  # one trainer process (≈ 150 s); the whole 2 + 1 step smoke takes ≈ 5 min on 2 cores
-MEMPO_TIMEOUT_S = 600  # one MemPO process (≈ 180 s): multi-turn rollouts and memory credit on top
+MEMPO_TIMEOUT_S = 600  # one MemPO process (≈ 270 s for 2 steps): multi-turn rollouts and memory credit
 
 
 @dataclass
@@ -73,27 +73,39 @@ def trainer_env(metrics_path: Path) -> dict[str, str]:
     }
 
 
+def run_trainer(
+    work_dir: Path,
+    name: str,
+    entry: list[str],
+    overrides: list[str],
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+) -> TrainerRun:
+    """`python -m <entry>` with a checkpoint and Hydra folder in `work_dir`, under the watchdog; metrics read back."""
+    metrics_path = work_dir / f"{name}.metrics.jsonl"
+    checkpoint_dir = work_dir / "checkpoints"
+    cmd = [
+        sys.executable,
+        "-m",
+        *entry,
+        f"trainer.default_local_dir={checkpoint_dir}",
+        f"hydra.run.dir={work_dir / ('hydra-' + name)}",
+        *overrides,
+    ]
+    env = {**trainer_env(metrics_path), **(env or {})}
+    result = run_with_watchdog(cmd, timeout_s, work_dir / f"{name}.log", env=env, cwd=work_dir)
+    return TrainerRun(result=result, metrics=read_metrics(metrics_path), checkpoint_dir=checkpoint_dir)
+
+
 def launch_trainer(
     work_dir: Path, name: str, recipe: str, overrides: list[str], timeout_s: float = RUN_TIMEOUT_S
 ) -> TrainerRun:
     """`python -m verl.trainer.main_ppo` with a recipe of recipes/ and the platform preset, under the watchdog."""
     from mempo_verl.platform import cpu_platform_selected
 
-    metrics_path = work_dir / f"{name}.metrics.jsonl"
-    checkpoint_dir = work_dir / "checkpoints"
-    cmd = [
-        sys.executable,
-        "-m",
-        "verl.trainer.main_ppo",
-        f"--config-path={RECIPES}",
-        f"--config-name={recipe}",
-        *(["platform=cpu"] if cpu_platform_selected() else []),
-        f"trainer.default_local_dir={checkpoint_dir}",
-        f"hydra.run.dir={work_dir / ('hydra-' + name)}",
-        *overrides,
-    ]
-    result = run_with_watchdog(cmd, timeout_s, work_dir / f"{name}.log", env=trainer_env(metrics_path), cwd=work_dir)
-    return TrainerRun(result=result, metrics=read_metrics(metrics_path), checkpoint_dir=checkpoint_dir)
+    entry = ["verl.trainer.main_ppo", f"--config-path={RECIPES}", f"--config-name={recipe}"]
+    entry += ["platform=cpu"] if cpu_platform_selected() else []
+    return run_trainer(work_dir, name, entry, overrides, timeout_s)
 
 
 @dataclass
@@ -146,22 +158,13 @@ def launch_mempo(
 
     `MEMPO_CACHE_DIR=model_cache`: the recipe's `${mempo_tiny_model:format}` finds the session's format-tuned model.
     """
-    metrics_path = work_dir / f"{name}.metrics.jsonl"
-    checkpoint_dir = work_dir / "checkpoints"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mempo_verl.main",
-        "--config-name=tiny_cpu",
-        f"trainer.default_local_dir={checkpoint_dir}",
-        f"hydra.run.dir={work_dir / ('hydra-' + name)}",
+    mempo_overrides = [
         f"mempo.run.credit_dump_dir={work_dir / 'credit'}",
         "mempo.run.timeout_s=0",  # the test's own watchdog bounds the run
         *overrides,
     ]
-    env = {**trainer_env(metrics_path), "MEMPO_CACHE_DIR": str(model_cache)}
-    result = run_with_watchdog(cmd, timeout_s, work_dir / f"{name}.log", env=env, cwd=work_dir)
-    return TrainerRun(result=result, metrics=read_metrics(metrics_path), checkpoint_dir=checkpoint_dir)
+    entry = ["mempo_verl.main", "--config-name=tiny_cpu"]
+    return run_trainer(work_dir, name, entry, mempo_overrides, timeout_s, env={"MEMPO_CACHE_DIR": str(model_cache)})
 
 
 @dataclass
