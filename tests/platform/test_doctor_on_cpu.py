@@ -10,7 +10,14 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from mempo_verl import doctor
-from mempo_verl.doctor import Check, EnvironmentProblem, check_vllm_install
+from mempo_verl.doctor import (
+    Check,
+    EnvironmentProblem,
+    check_gpu_stack,
+    check_vllm_install,
+    declared_pins,
+    resolve_verl_extras,
+)
 from mempo_verl.platform.vllm_dist import VllmInstall, write_vllm_metadata
 
 
@@ -32,6 +39,7 @@ def test_doctor_here_prints_cpu_gloo_and_exits_zero():
     for name in ("torch", "verl", "vllm", "transformers", "ray"):
         assert f"{name} " in out.stdout
     assert "ready" in out.stdout
+    assert "gpu stack" not in out.stdout  # the pin check is for CUDA only
 
 
 def test_doctor_names_a_vllm_metadata_version_without_cpu(tmp_path):
@@ -98,3 +106,58 @@ def test_require_ready_fails_fast_with_the_doctor_message(monkeypatch):
 
 def test_require_ready_passes_here():
     assert all(check.ok for check in doctor.require_ready())
+
+
+# ------------------------------------------------------------------------------------ the GPU stack (CUDA only)
+
+TORCH_PINS = {"torch": "2.11.0", "torchvision": "0.26.0", "torchaudio": "2.11.0", "transformers": "5.9.0"}
+VLLM_PINS = {**TORCH_PINS, "vllm": "0.24.0"}
+
+
+def test_declared_pins_are_read_from_verls_installed_metadata():
+    # verl 0.9.1's METADATA, by hand: [vllm] and [sglang] pin the same torch trio and transformers; verl-core pins none
+    assert declared_pins("vllm") == VLLM_PINS
+    assert declared_pins("sglang") == {**TORCH_PINS, "sglang": "0.5.12"}
+
+
+def test_resolve_verl_extras_follows_verls_own_references():
+    verl_requires = [
+        "numpy>=2",  # base: in no extra
+        "tqdm; python_version >= '3'",  # base too: its marker holds without an extra
+        "verl[core]; extra == 'gpu'",
+        "Torch==2.11.0; extra == 'gpu'",
+        "fastapi; extra == 'core'",
+        "flash-attn==2.8.3; extra == 'other'",
+    ]
+    # verl[gpu] = its own lines + verl[core]'s; names canonical, no markers
+    assert resolve_verl_extras(["verl[gpu]==0.9.1"], verl_requires) == {"torch==2.11.0", "fastapi"}
+    assert resolve_verl_extras(["Ray[default]>=2", "verl[core]"], verl_requires) == {"ray[default]>=2", "fastapi"}
+    assert declared_pins("gpu", verl_requires) == {"torch": "2.11.0"}  # fastapi is not pinned
+
+
+def test_gpu_stack_matching_pins_pass_local_tags_included():
+    installed = {**VLLM_PINS, "torch": "2.11.0+cu130"}  # pip's CUDA wheel: ==2.11.0 ignores the local tag
+    check = check_gpu_stack(VLLM_PINS, installed)
+    assert check.ok and "torch 2.11.0" in check.detail and "vllm 0.24.0" in check.detail
+
+
+def test_gpu_stack_names_each_wrong_pin_and_the_command_that_installs_it():
+    installed = {**VLLM_PINS, "torch": "2.13.0", "vllm": None, "transformers": "5.10.4"}
+    check = check_gpu_stack(VLLM_PINS, installed)
+    assert not check.ok
+    # sorted by name; only the three that differ
+    assert check.detail == (
+        "torch 2.13.0 (pinned 2.11.0), transformers 5.10.4 (pinned 5.9.0), vllm not installed (pinned 0.24.0): "
+        "not verl 0.9.1's [vllm] pins"
+    )
+    assert check.fix == "pip install 'torch==2.11.0' 'transformers==5.9.0' 'vllm==0.24.0'"
+
+
+def test_run_checks_on_cuda_checks_the_installed_stack_against_verls_pins(monkeypatch):
+    import verl.utils.device
+
+    monkeypatch.setattr(verl.utils.device, "get_device_name", lambda: "cuda")
+    [check] = [c for c in doctor.run_checks() if c.name == "gpu stack"]
+    # this machine has the CPU stack: torch 2.13.0+cpu and the vllm metadata 0.30.0+cpu, not verl's GPU pins
+    assert not check.ok and "torch 2.13.0+cpu (pinned 2.11.0)" in check.detail
+    assert "'torch==2.11.0'" in check.fix and "'vllm==0.24.0'" in check.fix
