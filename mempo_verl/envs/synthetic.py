@@ -33,9 +33,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from mempo_verl.envs.base import Environment, Observation, sample_extra_info, sample_questions, turn_format_prompt
+from mempo_verl.envs.base import (
+    Environment,
+    Observation,
+    answer_format_example,
+    sample_extra_info,
+    sample_questions,
+    turn_format_prompt,
+)
 from mempo_verl.envs.registry import config_from_kwargs, register_env
-from mempo_verl.protocol import ToolCall
+from mempo_verl.protocol import ToolCall, render_block, render_tool_call, render_turn
 from mempo_verl.rewards import AnswerScore, RewardMode, golds_from_ground_truth, score_answer, validate_reward_mode
 
 LOOKUP_TOOL = "lookup"
@@ -245,14 +252,39 @@ def synthetic_task_prompt(num_objectives: int) -> str:
     )
 
 
+def brief_task_prompt(num_objectives: int) -> str:
+    """A one-paragraph task prompt (``SyntheticConfig.prompt="brief"``): the turn format and the tool in ~60 words.
+
+    Why: a small model reads the task prompt on every turn, and the full prompt (``synthetic_task_prompt``, ~190
+    words with its example turn) is most of each context; the tiny world (``mempo_verl.tiny``) uses this one.
+    """
+    answer = render_block("answer", "NAME" if num_objectives == 1 else answer_format_example(num_objectives))
+    call = render_tool_call(ToolCall(LOOKUP_TOOL, {"key": "NAME"}))
+    return (
+        "Answer the question(s) about an invented world. Each turn write <mem>your memory</mem>, rewritten in full, "
+        f"then <think>your reasoning</think>, then one action: {call} shows the document of NAME next turn, or "
+        f"{answer} ends the episode."
+    )
+
+
+TASK_PROMPTS = {"full": synthetic_task_prompt, "brief": brief_task_prompt}
+"""``SyntheticConfig.prompt`` -> the task prompt of a k-question episode."""
+
+
 def make_synthetic_rows(
-    num_rows: int, objectives: int = 1, hops: int = 2, seed: int = 0, split: str = "train"
+    num_rows: int,
+    objectives: int = 1,
+    hops: int = 2,
+    seed: int = 0,
+    split: str = "train",
+    prompt: Literal["full", "brief"] = "full",
 ) -> list[dict[str, Any]]:
     """verl rows in the data builder's shape (`mempo_verl.data.builder`), one world per row.
 
     Row i is generated from its own seed string (seed, split, i): the same arguments give the same rows, and rows
     do not change when `num_rows` grows. `extra_info` adds `documents`, `chains`, `relations`, `hops` and
-    `min_turns` to the builder's keys.
+    `min_turns` to the builder's keys. ``prompt`` picks the system message written into the row (the agent loop
+    shows ``SyntheticEnv.task_prompt`` instead, which follows ``SyntheticConfig.prompt``).
     """
     from mempo_verl.data import user_content
 
@@ -267,7 +299,7 @@ def make_synthetic_rows(
             {
                 "data_source": DATA_SOURCE,
                 "prompt": [
-                    {"role": "system", "content": synthetic_task_prompt(objectives)},
+                    {"role": "system", "content": TASK_PROMPTS[prompt](objectives)},
                     {"role": "user", "content": user_content(questions)},
                 ],
                 "ability": "memory-lookup",
@@ -291,15 +323,77 @@ def make_synthetic_rows(
     return rows
 
 
+RELATION_NOUNS: dict[str, str] = {
+    "born_in": "birthplace",
+    "mentor": "mentor",
+    "guild": "guild",
+    "founder": "founder",
+    "partner": "partner",
+    "leader": "leader",
+    "seat": "seat",
+}
+"""Relation name -> the one word the oracle's memory uses for a hop still to come."""
+
+
+def _mention(name: str) -> str:
+    """How documents refer to an entity (guilds take an article), from its name alone."""
+    return f"the {name}" if name.endswith(" Guild") else name
+
+
+def _sentence_start(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def oracle_turns(sample: Mapping[str, Any]) -> list[str]:
+    """The turns of an optimal agent on the row's episode (``min_turns`` of them), as model text.
+
+    The objectives are solved in order, one lookup per hop, then one answer turn. The memory follows one rule,
+    *keep every fact still needed*: the answers found so far, and for the objective in progress the fact being
+    looked up, written as the sentence its document will contain with ``?`` for the unknown (then the relations
+    still to follow). The entity just looked up is named in that sentence; the next turn's document holds the
+    same sentence with the answer in place of ``?``::
+
+        <mem>Q1: Keshmar. Q2: The mentor of Dorin Tal is ?.</mem>
+        <think>Look up Dorin Tal.</think>
+        <tool_call>{"name": "lookup", "arguments": {"key": "Dorin Tal"}}</tool_call>
+
+    Names are written as documents write them (``the Tavren Guild``); lookups and scoring ignore the article.
+    """
+    info = sample_extra_info(sample)
+    chains, relations = info.get("chains"), info.get("relations")
+    if not chains or relations is None or len(chains) != len(relations):
+        raise ValueError(f"oracle_turns needs a synthetic row (extra_info chains/relations), got keys {sorted(info)}")
+    found: list[str] = []
+    turns = []
+    for q, (chain, rels) in enumerate(zip(chains, relations, strict=True), start=1):
+        for i, relation in enumerate(rels):
+            subject = _mention(chain[i])
+            pending = _sentence_start(RELATIONS[relation].sentence.format(s=subject, o="?"))
+            later = [RELATION_NOUNS[r] for r in rels[i + 1 :]]
+            if later:
+                pending += f" Then: {', '.join(later)}."
+            memory = " ".join([*found, f"Q{q}: {pending}"])
+            turns.append(render_turn(memory, f"Look up {subject}.", tool_call=ToolCall(LOOKUP_TOOL, {"key": chain[i]})))
+        found.append(f"Q{q}: {_mention(chain[-1])}.")
+    answers = "; ".join(_mention(chain[-1]) for chain in chains)
+    turns.append(render_turn(" ".join(found), "All found.", answer=answers))
+    return turns
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Options of `synthetic` (the keyword arguments of `make_env("synthetic", ...)`)."""
 
     reward_mode: RewardMode = "all_em"
     """How `score` combines the objectives: "all_em" (paper, default), "em_mean", "f1_mean", "em_sum" (MEM1)."""
+    prompt: Literal["full", "brief"] = "full"
+    """The task prompt: "full" (default: the shared turn-format wording with an example turn) or "brief" (one
+    paragraph, for small models: ``brief_task_prompt``)."""
 
     def __post_init__(self) -> None:
         validate_reward_mode(self.reward_mode)
+        if self.prompt not in TASK_PROMPTS:
+            raise ValueError(f"synthetic: prompt={self.prompt!r}; allowed: {sorted(TASK_PROMPTS)}")
 
 
 def _failure(kind: SyntheticErrorKind, text: str) -> Observation:
@@ -314,7 +408,7 @@ class SyntheticEnv(Environment):
         self.config = config_from_kwargs(SyntheticConfig, kwargs, "synthetic")
 
     def task_prompt(self, sample: Mapping[str, Any]) -> str:
-        return synthetic_task_prompt(len(sample_questions(sample)))
+        return TASK_PROMPTS[self.config.prompt](len(sample_questions(sample)))
 
     def questions(self, sample: Mapping[str, Any]) -> list[str]:
         return sample_questions(sample)

@@ -171,3 +171,66 @@ def test_task_prompt_example_parses(env):
     assert "<answer>answer 1; answer 2; answer 3</answer>" in prompt
     turn = parse_turn(prompt.split("Example turn:\n")[1])
     assert turn.is_valid and turn.tool_call == ToolCall("lookup", {"key": "Alar Venn"})
+
+
+# ------------------------------------------------------------------------------------------------ the oracle
+
+
+@pytest.mark.parametrize("objectives,hops", [(1, 1), (2, 1), (3, 2)])
+def test_oracle_plays_every_episode_to_the_gold_in_min_turns(env, objectives, hops):
+    from mempo_verl.envs.synthetic import oracle_turns
+
+    for row in make_synthetic_rows(6, objectives, hops, seed=11, split="oracle"):
+        info = row["extra_info"]
+        turns = [parse_turn(text) for text in oracle_turns(row)]
+        assert len(turns) == min_turns(objectives, hops) and all(t.is_valid for t in turns)
+        calls, final = turns[:-1], turns[-1]
+        # the lookups walk the chains in order: objective by objective, hop by hop (checked against the row)
+        assert [t.tool_call.arguments["key"] for t in calls] == [c[i] for c in info["chains"] for i in range(hops)]
+        for turn, next_turn in zip(calls, turns[1:], strict=True):
+            observation = lookup(env, turn.tool_call.arguments["key"], row)
+            assert observation.ok
+            # the memory names the fact being looked up with "?" for the unknown; the document holds that
+            # sentence with a name in its place, and the next memory carries that name
+            clauses = re.split(r"(?<=\.) (?=Q\d+: )", turn.mem)  # "Q1: a1." ... "Qj: <sentence with ?>."
+            pending = clauses[-1].split(": ", 1)[1].split(" Then:")[0]
+            before, after = pending.split("?")
+            found = re.search(re.escape(before) + r"(.+?)" + re.escape(after), observation.text).group(1)
+            assert found in next_turn.mem
+        golds = golds_from_ground_truth(row["reward_model"]["ground_truth"])
+        assert env.score(final.answer, row["reward_model"]["ground_truth"]).score == 1.0
+        # by hand: the answer is "a1; ...; ak", each the chain's last name as documents write it
+        assert final.answer == "; ".join(mention(g[0]) for g in golds)
+        assert final.mem == " ".join(f"Q{q}: {mention(g[0])}." for q, g in enumerate(golds, start=1))
+
+
+def test_oracle_memory_for_a_two_hop_chain_by_hand():
+    from mempo_verl.envs.synthetic import oracle_turns
+
+    row = {
+        "extra_info": {
+            "chains": [["Alar Venn", "Keshmar", "Dorin Tal"]],
+            "relations": [["born_in", "founder"]],
+        }
+    }
+    first, second, answer = (parse_turn(t) for t in oracle_turns(row))
+    assert first.mem == "Q1: Alar Venn was born in ?. Then: founder."
+    assert first.tool_call == ToolCall("lookup", {"key": "Alar Venn"})
+    assert second.mem == "Q1: Keshmar was founded by ?."
+    assert (answer.mem, answer.answer) == ("Q1: Dorin Tal.", "Dorin Tal")
+    with pytest.raises(ValueError, match="synthetic row"):
+        oracle_turns({"extra_info": {"questions": ["q"]}})
+
+
+def test_brief_prompt_option():
+    from mempo_verl.envs.synthetic import brief_task_prompt
+
+    brief = make_env("synthetic", prompt="brief")
+    row = make_synthetic_rows(1, 2, 1, seed=0, split="x", prompt="brief")[0]
+    assert brief.task_prompt(row) == brief_task_prompt(2) == row["prompt"][0]["content"]
+    assert "<answer>answer 1; answer 2</answer>" in brief_task_prompt(2) and "<answer>NAME</answer>" in (
+        brief_task_prompt(1)
+    )
+    assert len(brief_task_prompt(2).split()) < len(make_env("synthetic").task_prompt(row).split()) / 2
+    with pytest.raises(ValueError, match="prompt='short'"):
+        make_env("synthetic", prompt="short")
