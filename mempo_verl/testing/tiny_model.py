@@ -17,13 +17,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+from mempo_verl.tiny.cache import build_once, default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -161,33 +160,6 @@ def build_tiny_model(config: TinyModelConfig = TinyModelConfig()):
     )
     torch.manual_seed(config.seed)
     return Qwen2ForCausalLM(model_config).eval()
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MEMPO_CACHE_DIR", Path.home() / ".cache" / "mempo_verl"))
-
-
-def build_once(target: Path, build: Callable[[Path], object]) -> Path:
-    """``target``, built by ``build(folder)`` unless it already holds a ``config.json``.
-
-    ``build`` writes into a temporary sibling that is renamed into place, so concurrent callers (pytest workers, Ray
-    actors) never see a half-written model: a folder that exists is complete.
-    """
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("building %s", target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process won the race; its folder is complete
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
 
 
 def tiny_model_dir(cache_dir: str | os.PathLike | None = None, config: TinyModelConfig = TinyModelConfig()) -> Path:

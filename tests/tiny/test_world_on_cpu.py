@@ -1,0 +1,78 @@
+"""The tiny world's tokenizer and model (mempo_verl/tiny/world.py): what verl, vLLM and the turn grammar need."""
+
+import pytest
+
+from mempo_verl.tiny.world import SPECIAL_TOKENS, TAG_TOKENS, TinyWorldConfig, tiny_world_model_dir
+
+
+@pytest.fixture(scope="module")
+def world_path(model_cache):
+    return tiny_world_model_dir(model_cache)
+
+
+@pytest.fixture(scope="module")
+def world_tokenizer(world_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(world_path)
+
+
+def test_chatml_specials_and_tags_are_single_tokens(world_tokenizer):
+    tok = world_tokenizer
+    assert len(tok) == TinyWorldConfig().vocab_size
+    # ids 0, 1, 2 in SPECIAL_TOKENS order: pad, message start, eos
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
+    assert (tok.pad_token_id, tok.eos_token_id) == (0, 2)
+    for tag in TAG_TOKENS:
+        assert len(tok.encode(tag, add_special_tokens=False)) == 1, tag
+    # tags are content: they survive skipping special tokens, the end-of-message token does not
+    text = '<mem>Q1: Keshmar.</mem>\n<think>All found.</think>\n<answer>Keshmar</answer>'
+    ids = tok.encode(text + "<|im_end|>", add_special_tokens=False)
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.decode(ids) == text + "<|im_end|>"  # byte-level BPE: exact round trip
+
+
+def test_any_text_round_trips(world_tokenizer):
+    # byte-level: characters never seen in training still encode (as bytes) and decode back
+    for text in ["Beyoncé — 東京 🙂", "   two  spaces\n\ttab", '{"name": "lookup", "arguments": {"key": "X"}}']:
+        assert world_tokenizer.decode(world_tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+def test_chat_template_is_chatml_with_one_tools_line(world_tokenizer):
+    messages = [{"role": "system", "content": "Task."}, {"role": "user", "content": "Q?"}]
+    tools = [{"type": "function", "function": {"name": "lookup", "description": "d", "parameters": {}}}]
+    text = world_tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    expected = "<|im_start|>system\nTask.\nTools: lookup<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+    assert text == expected
+    plain = world_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert plain == "<|im_start|>system\nTask.<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n"
+
+
+def test_synthetic_texts_are_short(world_tokenizer):
+    from mempo_verl.envs.synthetic import brief_task_prompt, make_synthetic_rows, oracle_turns
+
+    row = make_synthetic_rows(1, objectives=2, hops=1, seed=3, split="test")[0]
+    doc = row["extra_info"]["documents"][0]
+    # measured: ~75 tokens for the brief prompt, ~65 for a document, ~50 for an oracle turn
+    assert len(world_tokenizer.encode(brief_task_prompt(2))) < 100
+    assert len(world_tokenizer.encode(f"{doc['key']}: {doc['text']}")) < 100
+    assert all(len(world_tokenizer.encode(t)) < 80 for t in oracle_turns(row))
+
+
+def test_model_shape_serves_on_vllm_cpu(world_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(world_path)
+    assert config.model_type == "qwen2" and config.hidden_size // config.num_attention_heads == 64
+    assert (config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings) == (4, 1024, True)
+    model = AutoModelForCausalLM.from_pretrained(world_path)
+    n = sum(p.numel() for p in model.parameters())
+    assert 1.0e6 < n < 1.3e6  # 1024 x 128 embeddings + 4 layers of (attention 49 k + MLP 197 k) + norms
+
+
+def test_built_once(world_path, model_cache):
+    assert tiny_world_model_dir(model_cache) == world_path
+    with pytest.raises(ValueError, match="must be 64"):
+        TinyWorldConfig(hidden_size=128, num_attention_heads=4)
+    with pytest.raises(ValueError, match="vocab_size"):
+        TinyWorldConfig(vocab_size=300)
