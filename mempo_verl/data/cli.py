@@ -5,6 +5,11 @@ Usage:
     mempo-data build --source sample --objectives 1 --out data/sample_k1
     mempo-data build --source nq.jsonl,hotpotqa.jsonl --objectives 2 --split-ratio 0.95 --out data/nq_hotpot_k2
 
+    # SFT rows for the cold start (one row per turn, the exact context the agent loop shows; data/sft.py):
+    mempo-data sft --source oracle --episodes 2000 --objectives 1,2 --hops 1 --out data/sft/train.parquet
+    mempo-data sft --source traces --traces runs/teacher/traces.jsonl --out data/sft/teacher.parquet   # correct only
+    mempo-data sft --source jsonl --jsonl my_rows.jsonl --out data/sft/mine.parquet
+
     # k-objective evaluation sets, one data/eval/k{k}.parquet each (mempo-eval --data data/eval):
     mempo-data eval-sets --source sample --objectives 1,2,4,8,16 --out data/eval_sample
     mempo-data eval-sets --source hotpotqa.jsonl --source-for 2=nq.jsonl,hotpotqa.jsonl \
@@ -54,7 +59,53 @@ def build_parser() -> argparse.ArgumentParser:
     evals.add_argument("--max-rows", type=int, default=None, help="keep at most this many rows per k")
     evals.add_argument("--out", required=True, help="output folder")
     evals.add_argument("--system-prompt", default=defaults.system_prompt, help="the task prompt (system message)")
+    sft = sub.add_parser("sft", help="write SFT parquet (one row per turn) for verl's SFT trainer")
+    sft.add_argument("--source", choices=("oracle", "traces", "jsonl"), required=True)
+    sft.add_argument("--out", required=True, help="output parquet file")
+    sft.add_argument("--model", default=None, help="oracle: the policy's tokenizer/model folder (default: tiny world)")
+    sft.add_argument("--episodes", type=int, default=1000, help="oracle: synthetic episodes per objective count")
+    sft.add_argument("--objectives", default="1,2", help="oracle: comma-separated objective counts k")
+    sft.add_argument("--hops", type=int, default=1, help="oracle: lookups per objective")
+    sft.add_argument("--prompt", choices=("brief", "full"), default="brief", help="oracle: synthetic task prompt")
+    sft.add_argument("--max-turns", type=int, default=None, help="oracle: mempo.agent.max_turns (default: k*h+1 max)")
+    sft.add_argument("--seed", type=int, default=0, help="oracle: world seed")
+    sft.add_argument("--traces", default=None, help="traces: a mempo-eval traces.jsonl (or its folder)")
+    sft.add_argument("--method", default="memory", help="traces: the method whose correct episodes to keep")
+    sft.add_argument("--jsonl", default=None, help="jsonl: rows with 'messages' (and optional 'tools')")
     return parser
+
+
+def run_sft(args: argparse.Namespace) -> None:
+    from mempo_verl.data.sft import jsonl_rows, synthetic_oracle_rows, trace_rows, write_sft
+
+    if args.source == "oracle":
+        objectives = tuple(int(k) for k in args.objectives.split(",") if k.strip())
+        rows = synthetic_oracle_rows(
+            args.model,
+            objectives,
+            args.hops,
+            args.episodes,
+            prompt=args.prompt,
+            max_turns=args.max_turns,
+            seed=args.seed,
+        )
+        print(f"oracle: {len(rows)} rows from {len({r['episode'] for r in rows})} episodes")
+    elif args.source == "traces":
+        if not args.traces:
+            raise SystemExit("mempo-data sft --source traces needs --traces runs/<name>/traces.jsonl")
+        path = Path(args.traces)
+        rows, counts = trace_rows(path / "traces.jsonl" if path.is_dir() else path, args.method)
+        print(
+            f"traces: {counts['kept']} of {counts['episodes']} {args.method} episodes correct -> {counts['rows']} rows"
+        )
+    else:
+        if not args.jsonl:
+            raise SystemExit("mempo-data sft --source jsonl needs --jsonl rows.jsonl")
+        rows = jsonl_rows(args.jsonl)
+        print(f"jsonl: {len(rows)} rows")
+    if not rows:
+        raise SystemExit("mempo-data sft: no rows to write")
+    print(f"-> {write_sft(rows, args.out)}")
 
 
 def run_eval_sets(args: argparse.Namespace) -> None:
@@ -99,7 +150,7 @@ def run_build(args: argparse.Namespace) -> None:
         print(f"{split}: {len(rows)} rows x {config.objectives} objective(s) -> {where}")
 
 
-COMMANDS = {"build": run_build, "eval-sets": run_eval_sets}
+COMMANDS = {"build": run_build, "eval-sets": run_eval_sets, "sft": run_sft}
 
 
 def main(argv: list[str] | None = None) -> int:

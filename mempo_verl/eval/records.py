@@ -73,6 +73,8 @@ class EvalRecord:
     """The per-turn trace (``turn_traces``)."""
     backend: Mapping[str, int] = field(default_factory=dict)
     """Requests made and how many answers had to be re-tokenized."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """The environment's tool schemas (what the chat template showed)."""
     seconds: float = 0.0
     """Wall-clock time of the episode (not part of any summary: it depends on the machine and its load)."""
 
@@ -90,6 +92,7 @@ class EvalRecord:
             data["error"] = ExampleError(**data["error"])
         data["questions"] = tuple(data.get("questions") or ())
         data["turns"] = tuple(data.get("turns") or ())
+        data["tools"] = tuple(data.get("tools") or ())
         return cls(**data)
 
 
@@ -104,11 +107,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def turn_traces(outputs: Sequence[Any], segments: Sequence[Segment], tokenizer: Any, tags: TagSet = DEFAULT_TAGS):
+def turn_traces(
+    outputs: Sequence[Any],
+    segments: Sequence[Segment],
+    tokenizer: Any,
+    tags: TagSet = DEFAULT_TAGS,
+    contexts: Sequence[Sequence[Mapping[str, str]]] | None = None,
+):
     """Every turn of an episode: the exact context it was generated from, its output, parsed blocks and tokens.
 
     Args:
         outputs: the episode's ``AgentLoopOutput``s; segments: their ``Segment``s (same order).
+        contexts: each turn's chat messages (``data.sft.turn_messages``), stored as ``messages``; None: not stored.
     """
     traces = []
     for output, segment in zip(outputs, segments, strict=True):
@@ -141,6 +151,8 @@ def turn_traces(outputs: Sequence[Any], segments: Sequence[Segment], tokenizer: 
                     "memory_tokens": turn.memory_tokens,
                 }
             )
+            if contexts is not None:
+                traces[-1]["messages"] = [dict(m) for m in contexts[len(traces) - 1]]
     return traces
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mempo_verl.config import ContextPolicyName, MemPOConfig
+from mempo_verl.data.sft import turn_messages
 from mempo_verl.eval.backends import Backend, BackendError, EpisodeServer, make_backend
 from mempo_verl.eval.config import EvalConfig
 from mempo_verl.eval.loop import agent_kwargs, make_agent_loop, sampling_params, trainer_config
@@ -47,8 +48,13 @@ class MethodSetup:
     config: Any
     """verl's composed config for the method (``loop.trainer_config``)."""
     sampling_params: dict[str, Any]
-    tags: Any
-    """The turn grammar's ``TagSet`` (for parsing the traces)."""
+    mempo: MemPOConfig
+    """The method's ``mempo:`` section, parsed once (turn grammar, context policy)."""
+
+    @property
+    def tags(self) -> Any:
+        """The turn grammar's ``TagSet`` (for parsing the traces)."""
+        return self.mempo.tags
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def method_setup(config: EvalConfig, method: ContextPolicyName) -> MethodSetup:
     trainer = trainer_config(config, method)
     mempo = MemPOConfig.from_config(trainer.mempo)
     get_environment(mempo.env)
-    return MethodSetup(trainer, sampling_params(trainer), mempo.tags)
+    return MethodSetup(trainer, sampling_params(trainer), mempo)
 
 
 async def run_example(method: str, example: EvalExample, setup: MethodSetup, backend: Backend, seed: int) -> EvalRecord:
@@ -124,6 +130,8 @@ async def run_example(method: str, example: EvalExample, setup: MethodSetup, bac
     try:
         outputs = await loop.run(setup.sampling_params, **kwargs)
         segments = [Segment.from_extra_fields(o.extra_fields) for o in outputs]
+        # each turn's chat messages (memory policies), so correct traces can become SFT rows (data/sft.py)
+        contexts = turn_messages(segments, setup.mempo) if setup.mempo.context.policy != "full" else None
         return EvalRecord(
             **base,
             status="ok",
@@ -131,7 +139,8 @@ async def run_example(method: str, example: EvalExample, setup: MethodSetup, bac
             questions=questions,
             ground_truth=ground_truth,
             gold_answer=segments[-1].gold_answer,
-            turns=tuple(turn_traces(outputs, segments, backend.tokenizer, setup.tags)),
+            turns=tuple(turn_traces(outputs, segments, backend.tokenizer, setup.tags, contexts)),
+            tools=tuple(loop.tool_schemas),
             backend=dict(server.stats),
             seconds=time.perf_counter() - start,
         )
