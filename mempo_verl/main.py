@@ -33,7 +33,7 @@ _CHILD_ENV = "MEMPO_WATCHDOG_CHILD"
 def sample_data_path(split: str = "train", objectives: int = 1) -> str:
     """verl parquet of the shipped QA set (`mempo-data build --source sample`), cached per objective count."""
     from mempo_verl.data.builder import BuildConfig, build_rows, load_pools, write_splits
-    from mempo_verl.testing.tiny_model import default_cache_dir
+    from mempo_verl.tiny.cache import default_cache_dir
 
     out_dir = default_cache_dir() / f"sample_data_k{int(objectives)}"
     path = out_dir / f"{split}.parquet"
@@ -59,8 +59,27 @@ def tiny_model_path(kind: str = "random") -> str:
     raise ValueError(f"${{mempo_tiny_model:{kind}}}: unknown kind; choose one of ['random', 'format']")
 
 
+def tiny_world_path(kind: str) -> str:
+    """The tiny world's fixtures (``mempo_verl.tiny``), built on first use: ``model`` (random weights), ``sft_model``
+    (after the SFT cold start), ``train`` / ``test`` (RL prompts), ``sft_train`` (the oracle's SFT rows)."""
+    from mempo_verl.tiny import data, world
+
+    builders = {
+        "model": lambda: str(world.tiny_world_model_dir()),
+        "sft_model": data.tiny_world_sft_model,
+        "train": lambda: data.tiny_world_data("train"),
+        "test": lambda: data.tiny_world_data("test"),
+        "sft_train": data.tiny_world_sft_data,
+    }
+    if kind not in builders:
+        raise ValueError(f"${{mempo_tiny_world:{kind}}}: unknown kind; choose one of {sorted(builders)}")
+    return builders[kind]()
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers for the embedded defaults (idempotent)."""
+    if not OmegaConf.has_resolver("mempo_tiny_world"):
+        OmegaConf.register_new_resolver("mempo_tiny_world", tiny_world_path)
     if not OmegaConf.has_resolver("mempo_tiny_model"):
         OmegaConf.register_new_resolver("mempo_tiny_model", tiny_model_path)
     if not OmegaConf.has_resolver("mempo_sample_data"):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+from datetime import timedelta
 from types import ModuleType
 
 from mempo_verl.platform.import_hooks import when_imported
@@ -29,25 +31,43 @@ def _mark(replacement, name: str, original):
 
 
 def gloo_only_process_group() -> None:
-    """Initialise the workers' process group with plain `cpu:gloo`.
+    """Initialise the process group with plain `cpu:gloo`, in Ray workers and under torchrun (verl's SFT trainer).
 
-    verl/utils/distributed.py:89 builds the default backend `f"cpu:gloo,{device}:{backend}"`, which is
-    `cpu:gloo,cpu:gloo` on CPU and torch rejects it ("Duplicate device type cpu"). The wrapper must replace
-    the module attribute before verl/workers/engine_workers.py:38 imports the function by name, which is why it
-    is applied at plugin load (inside `import verl`, before any worker module is imported).
+    verl/utils/distributed.py:63 (`initialize_global_process_group`, torchrun programs such as
+    verl/trainer/sft_trainer.py:455) and :89 (`initialize_global_process_group_ray`) build the backend
+    `f"cpu:gloo,{device}:{backend}"`, which is `cpu:gloo,cpu:gloo` on CPU and torch rejects it ("Duplicate device
+    type cpu"). The Ray wrapper must replace the module attribute before verl/workers/engine_workers.py:38 imports
+    the function by name, which is why it is applied at plugin load (inside `import verl`, before any worker module
+    is imported); the SFT trainer imports its function at call time.
     """
+    import torch.distributed
     from verl.utils import distributed
 
-    original = distributed.initialize_global_process_group_ray
-    if getattr(original, WORKAROUND_ATTR, None):
+    original_ray = distributed.initialize_global_process_group_ray
+    if getattr(original_ray, WORKAROUND_ATTR, None):
         return
 
-    @functools.wraps(original)
+    @functools.wraps(original_ray)
     def initialize_global_process_group_ray(timeout_second=None, backend=None):
-        return original(timeout_second=timeout_second, backend=backend or "cpu:gloo")
+        return original_ray(timeout_second=timeout_second, backend=backend or "cpu:gloo")
+
+    original = distributed.initialize_global_process_group
+
+    @functools.wraps(original)
+    def initialize_global_process_group(timeout_second=36000):
+        # verl's body (distributed.py:62-75) with the one backend torch accepts on CPU; no device to select
+        torch.distributed.init_process_group(
+            backend="cpu:gloo",
+            timeout=timedelta(seconds=timeout_second),
+            init_method=os.environ.get("DIST_INIT_METHOD", None),
+        )
+        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
     distributed.initialize_global_process_group_ray = _mark(
-        initialize_global_process_group_ray, "gloo_only_process_group", original
+        initialize_global_process_group_ray, "gloo_only_process_group", original_ray
+    )
+    distributed.initialize_global_process_group = _mark(
+        initialize_global_process_group, "gloo_only_process_group", original
     )
 
 

@@ -48,6 +48,23 @@ def test_upstream_backend_string_is_rejected_on_cpu(single_rank_env):
         original(timeout_second=None)
 
 
+def test_gloo_only_process_group_initialises_verls_torchrun_group(single_rank_env, monkeypatch):
+    from verl.utils import distributed
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    # as verl/trainer/sft_trainer.py:455 calls it (imported at call time, so it gets the wrapper)
+    assert distributed.initialize_global_process_group() == (0, 0, 1)
+    assert dist.is_initialized() and dist.get_backend() in ("gloo", "cpu:gloo")
+
+
+def test_upstream_torchrun_backend_string_is_rejected_on_cpu(single_rank_env, monkeypatch):
+    from verl.utils import distributed
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ValueError, match="Duplicate device type cpu"):  # distributed.py:63 "cpu:gloo,cpu:gloo"
+        distributed.initialize_global_process_group.__wrapped__()
+
+
 # ------------------------------------------------------------------------------------ fsdp2_engine_for_cpu
 
 

@@ -1,0 +1,105 @@
+"""The tiny world's task and data: ``synthetic`` with 1-2 objectives of one hop, brief prompt, built on first use.
+
+    tiny_world_data("train")     # verl parquet of RL prompts (RL_TRAIN_ROWS rows, fresh worlds)
+    tiny_world_data("test")      # held-out worlds (another split seed): validation and evaluation
+    tiny_world_sft_data()        # the oracle's SFT parquet (``mempo-data sft --source oracle``)
+    tiny_world_sft_model()       # the SFT checkpoint as a Hugging Face folder (runs ``python -m mempo_verl.sft``)
+
+Why one hop: with one hop a turn either copies a name from the question into a lookup, or copies the answer out of
+the document into memory, and memory must carry answer 1 while question 2 is looked up (k = 2): the skill MemPO
+credits. Held-out evaluation also asks k = 3, 4 (more objectives than trained, as MEM1 and MemPO do).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mempo_verl.tiny.cache import build_once, default_cache_dir
+from mempo_verl.tiny.world import tiny_world_model_dir
+
+logger = logging.getLogger(__name__)
+
+TRAIN_OBJECTIVES: tuple[int, ...] = (1, 2)
+"""k of the training worlds (each k an equal share)."""
+HOPS = 1
+MAX_TURNS = 6
+"""``mempo.agent.max_turns`` of the tiny-world recipes and SFT contexts: k = 2 needs 3 turns, k = 4 needs 5."""
+RL_TRAIN_ROWS = 512
+TEST_ROWS = 64
+SFT_EPISODES = int(os.environ.get("MEMPO_TINY_SFT_EPISODES", 5000))
+"""Oracle episodes of the SFT set (k = 1 and k = 2 alike: ~12.5 k rows, ~390 steps of 32 in one epoch)."""
+DATA_FORMAT = 1
+"""Bump when the data changes in a way the names above do not show."""
+
+
+def _rows(split: str, num_rows: int, seed: int) -> list[dict]:
+    from mempo_verl.envs.synthetic import make_synthetic_rows
+
+    share = num_rows // len(TRAIN_OBJECTIVES)
+    rows = []
+    for k in TRAIN_OBJECTIVES:
+        rows += make_synthetic_rows(share, k, HOPS, seed=seed, split=split, prompt="brief")
+    # interleave k = 1 and k = 2 so that every batch mixes them
+    return [rows[i + j * share] for i in range(share) for j in range(len(TRAIN_OBJECTIVES))]
+
+
+def tiny_world_data(split: str) -> str:
+    """verl parquet of the tiny world's RL prompts: ``train`` or ``test`` (held-out worlds)."""
+    from mempo_verl.data.builder import write_splits
+
+    if split not in ("train", "test"):
+        raise ValueError(f"${{mempo_tiny_world:{split}}}: the tiny world has splits 'train' and 'test'")
+    root = default_cache_dir() / f"tiny-world-data-{DATA_FORMAT}"
+    counts = {"train": RL_TRAIN_ROWS, "test": TEST_ROWS}
+
+    def build(folder: Path) -> None:
+        write_splits({s: _rows(s, n, seed=0) for s, n in counts.items()}, folder)
+
+    return str(build_once(root, build, marker="test.parquet") / f"{split}.parquet")
+
+
+def tiny_world_sft_data() -> str:
+    """The oracle's SFT parquet on fresh ``sft`` worlds (``SFT_EPISODES`` per k), contexts as the recipes build."""
+    from mempo_verl.data.sft import synthetic_oracle_rows, write_sft
+
+    model = tiny_world_model_dir()
+    root = default_cache_dir() / f"tiny-world-sft-{DATA_FORMAT}-{SFT_EPISODES}-{model.name}"
+
+    def build(folder: Path) -> None:
+        per_k = SFT_EPISODES // len(TRAIN_OBJECTIVES)
+        rows = synthetic_oracle_rows(str(model), TRAIN_OBJECTIVES, HOPS, per_k, prompt="brief", max_turns=MAX_TURNS)
+        write_sft(rows, folder / "train.parquet")
+        logger.info("tiny world: %d SFT rows from %d oracle episodes", len(rows), SFT_EPISODES)
+
+    return str(build_once(root, build, marker="train.parquet") / "train.parquet")
+
+
+def tiny_world_sft_model(overrides: tuple[str, ...] = ()) -> str:
+    """The SFT checkpoint's Hugging Face folder, trained once by verl's SFT trainer (``recipes/sft_tiny.yaml``)."""
+    import hashlib
+
+    key = hashlib.sha256("\n".join([tiny_world_model_dir().name, tiny_world_sft_data(), *overrides]).encode())
+    run_dir = default_cache_dir() / f"tiny-world-sft-run-{key.hexdigest()[:12]}"
+
+    def build(folder: Path) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "mempo_verl.sft",
+            "--config-name",
+            "sft_tiny",
+            f"trainer.default_local_dir={folder}",
+            *overrides,
+        ]
+        logger.info("tiny world: SFT (verl's SFT trainer): %s", " ".join(command))
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        steps = sorted(folder.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+        if not steps or not (steps[-1] / "huggingface" / "config.json").exists():
+            raise RuntimeError(f"the SFT run left no Hugging Face checkpoint under {folder}")
+        (folder / "latest").symlink_to(steps[-1].name)
+
+    return str(build_once(run_dir, build, marker="latest") / "latest" / "huggingface")
