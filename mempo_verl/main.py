@@ -130,15 +130,33 @@ def _run_under_watchdog(timeout_s: float, log_dir: str) -> None:
     result.raise_for_failure()
 
 
+def metrics_path(config: DictConfig) -> Path | None:
+    """Where verl's ``file`` logger writes: ``$VERL_FILE_LOGGER_PATH``, set here to
+    ``<trainer.default_local_dir>/metrics.jsonl`` when unset; None without the ``file`` logger."""
+    if "file" not in list(config.trainer.get("logger") or []):
+        return None
+    os.environ.setdefault("VERL_FILE_LOGGER_PATH", str(Path(config.trainer.default_local_dir) / "metrics.jsonl"))
+    Path(os.environ["VERL_FILE_LOGGER_PATH"]).parent.mkdir(parents=True, exist_ok=True)
+    return Path(os.environ["VERL_FILE_LOGGER_PATH"])
+
+
 def app(config: DictConfig) -> None:
+    from mempo_verl.run_summary import read_metrics, summary_text
+
     register_resolvers()
     OmegaConf.resolve(config)  # the driver resolves: Ray workers never need our resolvers
     validate(config)
+    metrics = metrics_path(config)
     timeout_s = _timeout_s(config)
-    if timeout_s > 0 and not os.environ.get(_CHILD_ENV):
-        _run_under_watchdog(timeout_s, config.trainer.default_local_dir)
+    if os.environ.get(_CHILD_ENV):
+        train(config)  # the watchdog's child: the parent prints the summary
         return
-    train(config)
+    if timeout_s > 0:
+        _run_under_watchdog(timeout_s, config.trainer.default_local_dir)
+    else:
+        train(config)
+    if metrics is not None:
+        print(summary_text(read_metrics(metrics), config.trainer.default_local_dir), flush=True)
 
 
 def main() -> None:

@@ -93,8 +93,7 @@ def run_sft(args: argparse.Namespace) -> None:
     elif args.source == "traces":
         if not args.traces:
             raise SystemExit("mempo-data sft --source traces needs --traces runs/<name>/traces.jsonl")
-        path = Path(args.traces)
-        rows, counts = trace_rows(path / "traces.jsonl" if path.is_dir() else path, args.method)
+        rows, counts = trace_rows(args.traces, args.method)
         print(
             f"traces: {counts['kept']} of {counts['episodes']} {args.method} episodes correct -> {counts['rows']} rows"
         )

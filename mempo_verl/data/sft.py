@@ -175,14 +175,17 @@ def synthetic_oracle_rows(
 
 
 def trace_rows(traces_path: str | Path, method: str = "memory") -> tuple[list[dict], dict[str, int]]:
-    """SFT rows from ``mempo-eval`` traces: the turns of correct trajectories (R^T = 1) of ``method`` only.
+    """SFT rows from ``mempo-eval`` traces (``traces.jsonl`` or its run folder): the turns of correct trajectories
+    (R^T = 1) of ``method`` only.
 
     Returns:
         ``(rows, counts)`` with counts of ``episodes`` read, ``kept`` (correct) and ``rows``.
     """
     from mempo_verl.eval.records import RecordStore
+    from mempo_verl.eval.runner import TRACES_FILE
 
-    records = RecordStore(Path(traces_path)).load()
+    path = Path(traces_path)
+    records = RecordStore(path / TRACES_FILE if path.is_dir() else path).load()
     rows: list[dict] = []
     counts = {"episodes": 0, "kept": 0, "rows": 0}
     for record in records.values():

@@ -30,6 +30,9 @@ MAX_TURNS = 6
 """``mempo.agent.max_turns`` of the tiny-world recipes and SFT contexts: k = 2 needs 3 turns, k = 4 needs 5."""
 RL_TRAIN_ROWS = 512
 TEST_ROWS = 64
+EVAL_OBJECTIVES: tuple[int, ...] = (1, 2, 3, 4)
+"""k of the held-out evaluation sets: the trained 1-2 and more than trained (3, 4)."""
+EVAL_ROWS = 32
 SFT_EPISODES = int(os.environ.get("MEMPO_TINY_SFT_EPISODES", 5000))
 """Oracle episodes of the SFT set (k = 1 and k = 2 alike: ~12.5 k rows, ~390 steps of 32 in one epoch)."""
 DATA_FORMAT = 1
@@ -60,6 +63,22 @@ def tiny_world_data(split: str) -> str:
         write_splits({s: _rows(s, n, seed=0) for s, n in counts.items()}, folder)
 
     return str(build_once(root, build, marker="test.parquet") / f"{split}.parquet")
+
+
+def tiny_world_eval_sets() -> str:
+    """A folder of ``k{k}.parquet`` held-out worlds (split ``eval``), one per k in ``EVAL_OBJECTIVES``, for
+    ``mempo-eval --data``."""
+    import pandas as pd
+
+    from mempo_verl.envs.synthetic import make_synthetic_rows
+
+    def build(folder: Path) -> None:
+        for k in EVAL_OBJECTIVES:
+            rows = make_synthetic_rows(EVAL_ROWS, k, HOPS, seed=0, split="eval", prompt="brief")
+            pd.DataFrame(rows).to_parquet(folder / f"k{k}.parquet", index=False)
+
+    root = default_cache_dir() / f"tiny-world-eval-{DATA_FORMAT}-{EVAL_ROWS}"
+    return str(build_once(root, build, marker=f"k{EVAL_OBJECTIVES[-1]}.parquet"))
 
 
 def tiny_world_sft_data() -> str:
@@ -93,10 +112,12 @@ def tiny_world_sft_model(overrides: tuple[str, ...] = ()) -> str:
             "--config-name",
             "sft_tiny",
             f"trainer.default_local_dir={folder}",
+            "trainer.logger=[console,file]",
             *overrides,
         ]
         logger.info("tiny world: SFT (verl's SFT trainer): %s", " ".join(command))
-        subprocess.run(command, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "VERL_FILE_LOGGER_PATH": str(folder / "metrics.jsonl")}
+        subprocess.run(command, check=True, env=env)
         steps = sorted(folder.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
         if not steps or not (steps[-1] / "huggingface" / "config.json").exists():
             raise RuntimeError(f"the SFT run left no Hugging Face checkpoint under {folder}")

@@ -6,12 +6,15 @@ model and the shipped sample QA set: 2 steps with a checkpoint each, then a seco
 `trainer.resume_mode=auto` for step 3. Both processes run under `run_with_watchdog`: a failure names the first
 real worker error, a hang ends at the limit.
 
-`mempo_tiny` is the MemPO run: the user CLI (`python -m mempo_verl.main --config-name tiny_cpu`) on the
-format-tuned tiny model, 2 steps + a resumed 3rd, with the per-row credit dump the tests recompute."""
+`mempo_tiny` is the MemPO run: the user CLI (`python -m mempo_verl.main --config-name tiny_search_cpu`) on the
+format-tuned tiny model, 2 steps + a resumed 3rd, with the per-row credit dump the tests recompute.
+
+`tiny_world` is the embedded default's two stages, short: verl's SFT trainer on the oracle's rows
+(`python -m mempo_verl.sft --config-name sft_tiny`), then MemPO RL from that checkpoint through the user CLI
+(`python -m mempo_verl.main`, recipe `tiny_cpu`) with held-out validation before and after."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from mempo_verl.platform.watchdog import RunResult, run_with_watchdog
+from mempo_verl.run_summary import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -40,16 +44,6 @@ class TrainerRun:
         if step not in self.metrics or name not in self.metrics[step]:
             raise KeyError(f"no {name!r} at step {step}; steps logged: {sorted(self.metrics)}")
         return self.metrics[step][name]
-
-
-def read_metrics(path: Path) -> dict[int, dict[str, float]]:
-    """verl's `file` logger (verl/utils/tracking.py FileLogger): one JSON line {"step", "data"} per log call."""
-    metrics: dict[int, dict[str, float]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            metrics.setdefault(row["step"], {}).update(row["data"])
-    return metrics
 
 
 def write_sample_parquet(out_dir: Path, train_rows: int = 16, test_rows: int = 4) -> tuple[Path, Path]:
@@ -95,6 +89,17 @@ def run_trainer(
     env = {**trainer_env(metrics_path), **(env or {})}
     result = run_with_watchdog(cmd, timeout_s, work_dir / f"{name}.log", env=env, cwd=work_dir)
     return TrainerRun(result=result, metrics=read_metrics(metrics_path), checkpoint_dir=checkpoint_dir)
+
+
+def launch_sft(work_dir: Path, name: str, overrides: list[str], timeout_s: float = RUN_TIMEOUT_S) -> TrainerRun:
+    """`python -m mempo_verl.sft --config-name sft_tiny` (verl's SFT trainer), under the watchdog."""
+    return run_trainer(
+        work_dir,
+        name,
+        ["mempo_verl.sft", "--config-name=sft_tiny", "trainer.logger=[console,file]"],
+        overrides,
+        timeout_s,
+    )
 
 
 def launch_trainer(
@@ -154,7 +159,7 @@ def write_guess_parquet(out_dir: Path) -> tuple[Path, Path]:
 def launch_mempo(
     work_dir: Path, name: str, overrides: list[str], model_cache: Path, timeout_s: float = MEMPO_TIMEOUT_S
 ) -> TrainerRun:
-    """The user CLI, `python -m mempo_verl.main --config-name tiny_cpu`, under the watchdog.
+    """The user CLI, `python -m mempo_verl.main --config-name tiny_search_cpu`, under the watchdog.
 
     `MEMPO_CACHE_DIR=model_cache`: the recipe's `${mempo_tiny_model:format}` finds the session's format-tuned model.
     """
@@ -163,7 +168,7 @@ def launch_mempo(
         "mempo.run.timeout_s=0",  # the test's own watchdog bounds the run
         *overrides,
     ]
-    entry = ["mempo_verl.main", "--config-name=tiny_cpu"]
+    entry = ["mempo_verl.main", "--config-name=tiny_search_cpu"]
     return run_trainer(work_dir, name, entry, mempo_overrides, timeout_s, env={"MEMPO_CACHE_DIR": str(model_cache)})
 
 
@@ -190,3 +195,57 @@ def mempo_tiny(tmp_path_factory, model_cache, format_tuned_path) -> MemPORuns:
     )
     resumed.result.raise_for_failure()
     return MemPORuns(first=first, resumed=resumed, train_file=train)
+
+
+@dataclass
+class TinyWorldRuns:
+    sft: TrainerRun  # verl's SFT trainer on the oracle's rows
+    sft_model: Path  # its final Hugging Face folder
+    rl: TrainerRun  # MemPO from sft_model: validation, steps, validation
+    sft_steps: int
+    rl_steps: int
+
+
+TINY_SFT_STEPS = 40
+TINY_RL_STEPS = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
+    """The tiny world's SFT (TINY_SFT_STEPS steps of 32 oracle rows) then TINY_RL_STEPS MemPO steps (one run)."""
+    from mempo_verl.data.sft import synthetic_oracle_rows, write_sft
+    from mempo_verl.tiny import data, tiny_world_model_dir
+
+    work = tmp_path_factory.mktemp("tiny_world")
+    (work / "sft").mkdir()
+    (work / "rl").mkdir()
+    model = tiny_world_model_dir(model_cache)
+    rows = synthetic_oracle_rows(str(model), data.TRAIN_OBJECTIVES, data.HOPS, 260, max_turns=data.MAX_TURNS)
+    sft_file = write_sft(rows, work / "sft.parquet")
+    sft = launch_sft(
+        work / "sft",
+        "sft",
+        [f"model.path={model}", f"data.train_files={sft_file}", f"trainer.total_training_steps={TINY_SFT_STEPS}"],
+    )
+    sft.result.raise_for_failure()
+    sft_model = sft.checkpoint_dir / f"global_step_{TINY_SFT_STEPS}" / "huggingface"
+    rl_overrides = [
+        f"actor_rollout_ref.model.path={sft_model}",
+        f"trainer.total_training_steps={TINY_RL_STEPS}",
+        f"trainer.test_freq={TINY_RL_STEPS}",
+        f"trainer.save_freq={TINY_RL_STEPS}",
+        "data.train_batch_size=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "data.val_max_samples=8",
+        "mempo.run.timeout_s=0",  # the test's own watchdog bounds the run
+    ]
+    rl = run_trainer(
+        work / "rl",
+        "rl",
+        ["mempo_verl.main", "--config-name=tiny_cpu"],
+        rl_overrides,
+        MEMPO_TIMEOUT_S,
+        env={"MEMPO_CACHE_DIR": str(model_cache)},
+    )
+    rl.result.raise_for_failure()
+    return TinyWorldRuns(sft=sft, sft_model=sft_model, rl=rl, sft_steps=TINY_SFT_STEPS, rl_steps=TINY_RL_STEPS)

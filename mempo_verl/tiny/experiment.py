@@ -1,0 +1,197 @@
+"""The tiny-world learning experiment: SFT, then MemPO (alpha = 1) and GRPO in memory format (alpha = 0) from the same
+SFT checkpoint with the same seeds, each checkpoint evaluated on held-out worlds; curves and a table.
+
+    python -m mempo_verl.tiny.experiment --seeds 0 --steps 10 --out runs/tiny_world
+    python -m mempo_verl.tiny.experiment --seeds 0,1,2 --steps 10 --out runs/tiny_world   # the 3-seed report
+
+Each RL run is the user CLI (``python -m mempo_verl.main``, recipe ``tiny_cpu``) with ``mempo.credit.alpha``, the
+data order (``data.seed``) and the rollout seed set; the SFT checkpoint is the recipe's own
+(``${mempo_tiny_world:sft_model}``, trained once by verl's SFT trainer). Evaluation is ``mempo-eval``'s runner over
+held-out worlds with k = 1-4 (k = 3, 4: more objectives than trained), greedy, the ``memory`` context. Writes
+``<out>/results.md`` (the table), ``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mempo_verl.run_summary import read_metrics
+from mempo_verl.tiny import data
+
+ALPHAS = (1.0, 0.0)
+"""MemPO and its ablation, GRPO in memory format."""
+CURVES = (
+    ("mempo/reward_T/mean", "R^T (train sessions)"),
+    ("mempo/p_ans_mem/mean", "P[ans | mem]"),
+)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def evaluate(model: str, out_dir: Path, examples: int) -> dict[int, dict[str, float]]:
+    """Held-out EM / F1 / R^T / TT / PT per k of ``model`` (greedy, ``memory`` context), resumable in ``out_dir``."""
+    from mempo_verl.config import EnvConfig
+    from mempo_verl.eval import BackendConfig, BudgetConfig, EvalConfig, run_eval
+
+    config = EvalConfig(
+        backend=BackendConfig(model=model, threads=2),
+        out_dir=str(out_dir),
+        methods=("memory",),
+        objectives=data.EVAL_OBJECTIVES,
+        data=data.tiny_world_eval_sets(),
+        max_examples=examples,
+        budget=BudgetConfig(max_turns=data.MAX_TURNS, prompt_length=512, turn_tokens=96),
+        env=EnvConfig(name="synthetic", kwargs={"prompt": "brief"}),
+        progress=False,
+    )
+    result = run_eval(config)
+    return {
+        row.objectives: {
+            "em": row.em,
+            "f1": row.f1,
+            "all_em": row.all_em,
+            "tt": row.tt,
+            "pt": row.pt,
+            "format_error_rate": row.format_error_rate,
+            "turns": row.turns,
+        }
+        for row in result.rows
+    }
+
+
+def train(out_dir: Path, seed: int, alpha: float, steps: int) -> Path:
+    """One RL run of the ``tiny_cpu`` recipe (skipped when its final checkpoint exists); returns its folder."""
+    run_dir = out_dir / f"seed{seed}_alpha{alpha:g}"
+    if (run_dir / f"global_step_{steps}" / "actor" / "huggingface" / "config.json").exists():
+        return run_dir
+    command = [
+        sys.executable,
+        "-m",
+        "mempo_verl.main",
+        "--config-name",
+        "tiny_cpu",
+        f"mempo.credit.alpha={alpha}",
+        f"data.seed={seed}",
+        f"actor_rollout_ref.rollout.seed={seed}",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.test_freq={steps}",
+        f"trainer.save_freq={steps}",
+        f"trainer.default_local_dir={run_dir}",
+        f"trainer.experiment_name=tiny_world_seed{seed}_alpha{alpha:g}",
+    ]
+    log(f"RL alpha={alpha:g} seed={seed}: {' '.join(command[1:])}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "console.log").open("w") as console:
+        env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl")}
+        subprocess.run(command, check=True, stdout=console, stderr=subprocess.STDOUT, env=env)
+    return run_dir
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Four panels: the two training curves per alpha (one line a seed), held-out R^T and PT per k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    colors = {1.0: "tab:red", 0.0: "tab:blue"}
+    for ax, (key, title) in zip(axes[:2], CURVES, strict=True):
+        for run in results["runs"]:
+            series = run["curves"].get(key, [])
+            if series:
+                steps, values = zip(*series, strict=True)
+                ax.plot(
+                    steps,
+                    values,
+                    color=colors[run["alpha"]],
+                    alpha=0.8,
+                    label=f"alpha={run['alpha']:g} seed {run['seed']}",
+                )
+        ax.set(title=title, xlabel="RL step")
+        ax.legend(fontsize=7)
+    ks = list(data.EVAL_OBJECTIVES)
+    width = 0.25
+    for ax, metric, title in ((axes[2], "all_em", "held-out R^T (% all answers right)"), (axes[3], "pt", "PT")):
+        ax.bar([k - width for k in ks], [results["sft"][str(k)][metric] for k in ks], width, color="grey", label="SFT")
+        for offset, alpha in ((0.0, 1.0), (width, 0.0)):
+            runs = [r for r in results["runs"] if r["alpha"] == alpha]
+            means = [sum(r["eval"][str(k)][metric] for r in runs) / len(runs) for k in ks]
+            ax.bar([k + offset for k in ks], means, width, color=colors[alpha], label=f"alpha={alpha:g} (mean)")
+        ax.set(title=title, xlabel="objectives k (trained on 1-2)", xticks=ks)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: held-out R^T (all answers right, %) and EM per k for SFT and each run, then the seed means."""
+    ks = data.EVAL_OBJECTIVES
+    head = "| model | " + " | ".join(f"R^T k={k}" for k in ks) + " | " + " | ".join(f"EM k={k}" for k in ks) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(ks))]
+
+    def row(name: str, ev: dict[str, dict[str, float]]) -> str:
+        cells = [f"{ev[str(k)]['all_em']:.1f}" for k in ks] + [f"{ev[str(k)]['em']:.1f}" for k in ks]
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    lines.append(row("SFT", results["sft"]))
+    for run in results["runs"]:
+        lines.append(row(f"alpha={run['alpha']:g} seed {run['seed']}", run["eval"]))
+    for alpha in ALPHAS:
+        runs = [r for r in results["runs"] if r["alpha"] == alpha]
+        if len(runs) > 1:
+            mean = {
+                str(k): {m: sum(r["eval"][str(k)][m] for r in runs) / len(runs) for m in ("all_em", "em")} for k in ks
+            }
+            lines.append(row(f"alpha={alpha:g} mean of {len(runs)}", mean))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--steps", type=int, default=10, help="RL steps per run")
+    parser.add_argument("--eval-examples", type=int, default=data.EVAL_ROWS, help="held-out worlds per k")
+    parser.add_argument("--out", default="runs/tiny_world")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    start = time.perf_counter()
+    log("SFT checkpoint (verl's SFT trainer; built once and cached)")
+    sft_model = data.tiny_world_sft_model()
+    log(f"evaluating the SFT checkpoint on held-out worlds: {sft_model}")
+    results: dict[str, Any] = {"sft_model": sft_model, "sft": evaluate(sft_model, out / "eval_sft", args.eval_examples)}
+    results["runs"] = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for alpha in ALPHAS:
+            run_dir = train(out, seed, alpha, args.steps)
+            model = run_dir / f"global_step_{args.steps}" / "actor" / "huggingface"
+            log(f"evaluating alpha={alpha:g} seed={seed}")
+            metrics = read_metrics(run_dir / "metrics.jsonl")
+            curves = {key: [(s, m[key]) for s, m in sorted(metrics.items()) if key in m] for key, _ in CURVES}
+            run_eval_dir = out / f"eval_seed{seed}_alpha{alpha:g}"
+            results["runs"].append(
+                {
+                    "seed": seed,
+                    "alpha": alpha,
+                    "curves": curves,
+                    "eval": evaluate(str(model), run_eval_dir, args.eval_examples),
+                }
+            )
+    results = json.loads(json.dumps(results))  # int k keys -> str, as read back
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(table(results) + "\n")
+    plot(results, out / "curves.png")
+    log(f"done in {(time.perf_counter() - start) / 60:.1f} min:\n{table(results)}\nwrote {out}/results.md, curves.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The closing summary of a run (mempo_verl/run_summary.py), from a metrics file as verl's file logger writes it."""
+
+import json
+
+from mempo_verl.run_summary import read_metrics, summary_text
+
+
+def write_metrics(path, records):
+    path.write_text("".join(json.dumps({"step": s, "data": d}) + "\n" for s, d in records) + '{"step": 9, "da')
+
+
+def test_summary_reads_first_and_last_values(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    val = "val-core/mempo_synthetic/reward/mean@1"
+    write_metrics(
+        metrics,
+        [
+            (0, {val: 0.25}),  # validation before training: its own line, step 0
+            (1, {"mempo/reward_T/mean": 0.3, "mempo/tokens_total/mean": 400.0, "mempo/tokens_peak/mean": 150.0}),
+            (2, {"mempo/reward_T/mean": 0.5, "mempo/tokens_total/mean": 380.4, "mempo/tokens_peak/mean": 149.6}),
+            (2, {val: 0.40625}),  # the end-of-run validation is logged at the last step
+        ],
+    )
+    (tmp_path / "global_step_2" / "actor" / "huggingface").mkdir(parents=True)
+    (tmp_path / "global_step_2" / "actor" / "huggingface" / "config.json").write_text("{}")
+    (tmp_path / "global_step_10").mkdir()  # numeric order: step 10 is the latest, not step 2
+    steps = read_metrics(metrics)
+    assert sorted(steps) == [0, 1, 2] and steps[2][val] == 0.40625  # the cut last line is skipped
+    text = summary_text(steps, tmp_path).splitlines()
+    assert text[0] == "== MemPO run: 2 steps (1 -> 2) =="
+    assert "R^T (train sessions)        0.300 -> 0.500" in text
+    assert any(line.startswith("held-out R^T (validation)   0.250 -> 0.406") for line in text)
+    assert "TT / PT per episode         380 / 150 tokens (last step)" in text
+    assert text[-1] == f"checkpoint                  {tmp_path / 'global_step_10'}"
+
+
+def test_summary_of_a_run_that_logged_nothing(tmp_path):
+    assert read_metrics(tmp_path / "missing.jsonl") == {}
+    assert summary_text({}, tmp_path) == f"== MemPO run: no training step logged (checkpoints: {tmp_path}) =="
