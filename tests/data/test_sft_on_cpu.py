@@ -1,5 +1,5 @@
 """SFT rows for the cold start (mempo_verl/data/sft.py): verl's own MultiTurnSFTDataset tokenizes every row to exactly
-the ids the agent loop sent and generated; user JSONL checked; the CLI. (Eval traces: tests/eval/test_sft_traces_on_cpu.py.)"""
+the ids the agent loop sent and generated; user JSONL checked; the CLI. Eval traces: test_sft_traces_on_cpu.py."""
 
 import asyncio
 import json

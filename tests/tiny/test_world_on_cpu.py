@@ -26,7 +26,7 @@ def test_chatml_specials_and_tags_are_single_tokens(world_tokenizer):
     for tag in TAG_TOKENS:
         assert len(tok.encode(tag, add_special_tokens=False)) == 1, tag
     # tags are content: they survive skipping special tokens, the end-of-message token does not
-    text = '<mem>Q1: Keshmar.</mem>\n<think>All found.</think>\n<answer>Keshmar</answer>'
+    text = "<mem>Q1: Keshmar.</mem>\n<think>All found.</think>\n<answer>Keshmar</answer>"
     ids = tok.encode(text + "<|im_end|>", add_special_tokens=False)
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert tok.decode(ids) == text + "<|im_end|>"  # byte-level BPE: exact round trip
@@ -42,7 +42,9 @@ def test_chat_template_is_chatml_with_one_tools_line(world_tokenizer):
     messages = [{"role": "system", "content": "Task."}, {"role": "user", "content": "Q?"}]
     tools = [{"type": "function", "function": {"name": "lookup", "description": "d", "parameters": {}}}]
     text = world_tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
-    expected = "<|im_start|>system\nTask.\nTools: lookup<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+    expected = (
+        "<|im_start|>system\nTask.\nTools: lookup<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert text == expected
     plain = world_tokenizer.apply_chat_template(messages, tokenize=False)
     assert plain == "<|im_start|>system\nTask.<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n"
