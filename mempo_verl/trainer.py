@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -160,6 +161,20 @@ def rows_per_mini_batch(num_rows: int, mini_batches: int, dp_size: int) -> int:
     return num_rows // mini_batches
 
 
+def fixed_micro_batch_multiple(
+    dp_size: int, mini_batches: int, update_micro: int, infer_micros: tuple[int, ...]
+) -> int:
+    """The row multiple a step needs when verl's micro-batches are fixed (``use_dynamic_bsz`` off).
+
+    verl's engine asserts that every rank's rows divide into micro-batches (engine/utils.py `prepare_micro_batches`):
+    a rank's share of one of the K mini-batches into ``update_micro`` rows, its share of the step into each
+    log-prob micro-batch size (old log-probs, reference, memory-credit scoring). A row count set by the episodes'
+    turns meets none of these by itself, so the step is padded (with zero-loss rows) to
+    dp × lcm(K × update_micro, *infer_micros).
+    """
+    return dp_size * math.lcm(mini_batches * update_micro, *infer_micros)
+
+
 def scoring_row(sequence: ScoringSequence) -> dict[str, torch.Tensor]:
     """A scoring sequence laid out as an agent-loop row: the fields verl's actor reads in `compute_log_prob`."""
     input_ids = torch.tensor(sequence.input_ids, dtype=torch.int64)
@@ -199,11 +214,23 @@ class MemPOTrainer(PPOTrainerSync):
         return max(self.actor_rollout_wg._query_dispatch_info("actor")) + 1
 
     # ------------------------------------------------------------------------------------------- mini-batches
+    def _micro_batch_sizes(self) -> tuple[int, tuple[int, ...]] | None:
+        """(update, (log-prob ...)) micro-batch sizes per GPU when fixed; None under dynamic batch sizes."""
+        aro = self.config.actor_rollout_ref
+        if aro.actor.use_dynamic_bsz or aro.rollout.log_prob_use_dynamic_bsz:
+            return None
+        infer = [aro.rollout.log_prob_micro_batch_size_per_gpu, aro.ref.get("log_prob_micro_batch_size_per_gpu")]
+        return int(aro.actor.ppo_micro_batch_size_per_gpu or 1), tuple(int(m) for m in infer if m)
+
     def _get_required_batch_multiple(self, dp_size: int) -> int:
-        """verl pads the step's rows to this multiple (padding rows carry no loss): dp × K under `prompts`."""
+        """verl pads the step's rows to this multiple (padding rows carry no loss): dp × K under `prompts`, and
+        a multiple of the fixed micro-batch sizes (``fixed_micro_batch_multiple``)."""
         if self.mini_batches is None:
             return super()._get_required_batch_multiple(dp_size)
-        return dp_size * self.mini_batches
+        micro = self._micro_batch_sizes()
+        if micro is None:
+            return dp_size * self.mini_batches
+        return fixed_micro_batch_multiple(dp_size, self.mini_batches, micro[0], micro[1])
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         """verl's actor update (trainer_base.py `_update_actor`) with K mini-batches of B / K rows under `prompts`."""
@@ -236,9 +263,11 @@ class MemPOTrainer(PPOTrainerSync):
         Returns:
             `(U,)` geometric mean of the gold-token probabilities.
         """
-        dp_size = self._actor_dp_size()
-        # the FSDP workers deadlock on a row count not divisible by dp (VERL_NOTES.md): repeat the last sequence
-        padded = list(sequences) + [sequences[-1]] * (-len(sequences) % dp_size)
+        micro = self._micro_batch_sizes()
+        # the FSDP workers deadlock on a row count not divisible by dp (VERL_NOTES.md), and fixed micro-batches
+        # must divide each rank's rows: repeat the last sequence
+        multiple = self._actor_dp_size() * (math.lcm(*micro[1]) if micro and micro[1] else 1)
+        padded = list(sequences) + [sequences[-1]] * (-len(sequences) % multiple)
         keys = [f"mempo-score-{uuid.uuid4().hex}-{i}" for i in range(len(padded))]
         tags = [{"status": "success", "seq_len": len(s.input_ids), "is_padding": False} for s in padded]
         tq.kv_batch_put(

@@ -151,3 +151,14 @@ def test_rows_per_mini_batch_splits_the_steps_rows_into_k():
     assert rows_per_mini_batch(14, mini_batches=1, dp_size=2) == 14
     with pytest.raises(ValueError, match="13 rows cannot form 1 mini-batches over 2 data-parallel ranks"):
         rows_per_mini_batch(13, mini_batches=1, dp_size=2)
+
+
+def test_fixed_micro_batch_multiple_by_hand():
+    from mempo_verl.trainer import fixed_micro_batch_multiple
+
+    # dp 1, K 1, update micro 16, log-prob micros 16 and 16: 16 rows (80 rows pad to 80, 81 to 96)
+    assert fixed_micro_batch_multiple(1, 1, 16, (16, 16)) == 16
+    # dp 2, K 2, update micro 4 -> each rank's mini-batch share of 4: 2 x lcm(8, 6) = 48
+    assert fixed_micro_batch_multiple(2, 2, 4, (6,)) == 48
+    # no log-prob micro-batch sizes set: the update alone
+    assert fixed_micro_batch_multiple(1, 3, 2, ()) == 6
