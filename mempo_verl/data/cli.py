@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--prompt", choices=("brief", "full"), default="brief", help="oracle: synthetic task prompt")
     sft.add_argument("--max-turns", type=int, default=None, help="oracle: mempo.agent.max_turns (default: k*h+1 max)")
     sft.add_argument("--seed", type=int, default=0, help="oracle: world seed")
+    sft.add_argument("--names", choices=("syllables", "pool"), default="syllables", help="oracle: entity names")
     sft.add_argument("--traces", default=None, help="traces: a mempo-eval traces.jsonl (or its folder)")
     sft.add_argument("--method", default="memory", help="traces: the method whose correct episodes to keep")
     sft.add_argument("--jsonl", default=None, help="jsonl: rows with 'messages' (and optional 'tools')")
@@ -88,6 +89,7 @@ def run_sft(args: argparse.Namespace) -> None:
             prompt=args.prompt,
             max_turns=args.max_turns,
             seed=args.seed,
+            names=args.names,
         )
         print(f"oracle: {len(rows)} rows from {len({r['episode'] for r in rows})} episodes")
     elif args.source == "traces":

@@ -141,8 +141,10 @@ def synthetic_oracle_rows(
     prompt: str = "brief",
     max_turns: int | None = None,
     seed: int = 0,
+    names: str = "syllables",
 ) -> list[dict]:
-    """SFT rows of the ``synthetic`` oracle: ``episodes`` fresh worlds per k in ``objectives``, ``hops`` each.
+    """SFT rows of the ``synthetic`` oracle: ``episodes`` fresh worlds per k in ``objectives``, ``hops`` each
+    (``names``: the worlds' ``NameStyle``; one seed per k, so worlds of different k share no draws).
 
     Args:
         model_path: the policy's model folder (its tokenizer and chat template); None: the tiny world's.
@@ -169,7 +171,9 @@ def synthetic_oracle_rows(
         "actor_rollout_ref.rollout.response_length": 1024,
     }
     env_rows = [
-        row for k in objectives for row in make_synthetic_rows(episodes, k, hops, seed, split="sft", prompt=prompt)
+        row
+        for k in objectives
+        for row in make_synthetic_rows(episodes, k, hops, 100 * seed + k, split="sft", prompt=prompt, names=names)
     ]
     return oracle_rows(env_rows, agent_config(model_path, overrides), AutoTokenizer.from_pretrained(model_path))
 

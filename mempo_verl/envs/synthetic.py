@@ -135,11 +135,36 @@ class Objective:
         return self.chain[-1]
 
 
+NameStyle = Literal["syllables", "pool"]
+"""How entity names are made: ``syllables`` (default: fresh random syllables, "Dorka Venthi", "Keshmar", "Tavren
+Guild") or ``pool`` (one word of ``NAME_POOL`` each: "Dorka", "Venthi", "Tavren Guild")."""
+
+
+def _name_pool(size: int) -> tuple[str, ...]:
+    """``size`` distinct two-syllable words from a fixed seed: the same pool in every process and release."""
+    rng = random.Random("mempo-synthetic/name-pool")
+    pool: dict[str, None] = {}
+    while len(pool) < size:
+        first = rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+        word = (first + rng.choice(_ONSETS) + rng.choice(_VOWELS)).capitalize()
+        if word.casefold() not in ("guild", "the") and word.casefold() not in pool:
+            pool[word] = None
+    return tuple(pool)
+
+
+NAME_POOL: tuple[str, ...] = _name_pool(128)
+"""The words of ``NameStyle`` ``pool``. Why a pool: a tokenizer can hold each as one token (the tiny world does), so
+copying a name from the context is copying one token; fresh syllables are several tokens each, and the tiny world's
+4-layer model had not learned to copy them after 390 SFT steps (its held-out lookups were made-up names, measured).
+128 words: a world needs ~20 (k = 4: 8 on the chains, 9 distractors)."""
+
+
 class _World:
     """A seeded world under construction: unique names, entities by name."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, names: NameStyle = "syllables") -> None:
         self.rng = rng
+        self.names = names
         self.entities: dict[str, _Entity] = {}
         self._keys: set[str] = set()
 
@@ -151,13 +176,18 @@ class _World:
         return (self._syllable(coda=True) + self._syllable(coda=False)).capitalize()
 
     def _person_name(self) -> str:
+        if self.names == "pool":
+            return self.rng.choice(NAME_POOL)
         return f"{self._word()} {self._word()}"
 
     def _city_name(self) -> str:
+        if self.names == "pool":
+            return self.rng.choice(NAME_POOL)
         return self._syllable(coda=True).capitalize() + self.rng.choice(_CITY_SUFFIXES)
 
     def _guild_name(self) -> str:
-        return f"{self._word()} Guild"
+        word = self.rng.choice(NAME_POOL) if self.names == "pool" else self._word()
+        return f"{word} Guild"
 
     def new(self, kind: EntityKind) -> _Entity:
         """A new entity of `kind` whose name (as a lookup key) is unique in the world."""
@@ -214,7 +244,9 @@ class _World:
         return " ".join(s[0].upper() + s[1:] for s in [intro, *sentences])
 
 
-def generate_episode(rng: random.Random, objectives: int, hops: int) -> tuple[list[Objective], list[dict[str, str]]]:
+def generate_episode(
+    rng: random.Random, objectives: int, hops: int, names: NameStyle = "syllables"
+) -> tuple[list[Objective], list[dict[str, str]]]:
     """One world: `objectives` disjoint chains of `hops` links, distractor entities, one document per entity.
 
     Returns the objectives and the documents `[{"key": name, "text": text}]`, sorted by name (the order tells
@@ -222,7 +254,7 @@ def generate_episode(rng: random.Random, objectives: int, hops: int) -> tuple[li
     """
     if objectives < 1 or hops < 1:
         raise ValueError(f"objectives and hops must be >= 1, got objectives={objectives}, hops={hops}")
-    world = _World(rng)
+    world = _World(rng, names)
     # 1. the chains first, on fresh entities, so that no two objectives share a lookup (min_turns is exact)
     chains = [world.chain(hops) for _ in range(objectives)]
     # 2. distractors of every kind, so that random links do not all point back into the chains
@@ -278,22 +310,26 @@ def make_synthetic_rows(
     seed: int = 0,
     split: str = "train",
     prompt: Literal["full", "brief"] = "full",
+    names: NameStyle = "syllables",
 ) -> list[dict[str, Any]]:
     """verl rows in the data builder's shape (`mempo_verl.data.builder`), one world per row.
 
     Row i is generated from its own seed string (seed, split, i): the same arguments give the same rows, and rows
     do not change when `num_rows` grows. `extra_info` adds `documents`, `chains`, `relations`, `hops` and
     `min_turns` to the builder's keys. ``prompt`` picks the system message written into the row (the agent loop
-    shows ``SyntheticEnv.task_prompt`` instead, which follows ``SyntheticConfig.prompt``).
+    shows ``SyntheticEnv.task_prompt`` instead, which follows ``SyntheticConfig.prompt``); ``names`` how entities
+    are named (``NameStyle``).
     """
     from mempo_verl.data import user_content
 
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}")
+    if names not in get_args(NameStyle):
+        raise ValueError(f"names={names!r}; allowed: {', '.join(get_args(NameStyle))}")
     rows = []
     for index in range(num_rows):
         rng = random.Random(f"mempo-synthetic/{seed}/{split}/{index}")  # str seeds are stable across processes
-        chains, documents = generate_episode(rng, objectives, hops)
+        chains, documents = generate_episode(rng, objectives, hops, names)
         questions = [c.question for c in chains]
         rows.append(
             {

