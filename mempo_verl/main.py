@@ -118,6 +118,18 @@ def _timeout_s(config: DictConfig) -> float:
     return float(os.environ.get("MEMPO_TIMEOUT_S") or MemPOConfig.from_config(config.get("mempo")).run.timeout_s)
 
 
+def console_printer(verbose: bool):
+    """What the console shows of a child's output lines: all of them (``verbose``), or one short line per step."""
+    from mempo_verl.run_summary import progress_line
+
+    def show(line: str) -> None:
+        text = line if verbose else progress_line(line, prefix="[mempo] ")
+        if text is not None:
+            print(text.rstrip("\n"), flush=True)
+
+    return show
+
+
 def _run_under_watchdog(timeout_s: float, log_dir: str) -> None:
     from mempo_verl.platform.watchdog import run_with_watchdog
 
@@ -125,8 +137,13 @@ def _run_under_watchdog(timeout_s: float, log_dir: str) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, _CHILD_ENV: "1", "RAY_DEDUP_LOGS": "0"}
     command = [sys.executable, "-m", "mempo_verl.main", *sys.argv[1:]]
-    # echo the child's lines so the console shows progress and metrics as a direct run does
-    result = run_with_watchdog(command, timeout_s, log_path, env=env, on_line=lambda line: print(line, flush=True))
+    verbose = bool(os.environ.get("MEMPO_VERBOSE"))
+    print(
+        f"[mempo] training (verl V1 trainer); full log: {log_path}"
+        + ("" if verbose else " (MEMPO_VERBOSE=1 shows it here)"),
+        flush=True,
+    )
+    result = run_with_watchdog(command, timeout_s, log_path, env=env, on_line=console_printer(verbose))
     result.raise_for_failure()
 
 
@@ -159,9 +176,17 @@ def app(config: DictConfig) -> None:
         print(summary_text(read_metrics(metrics), config.trainer.default_local_dir), flush=True)
 
 
+def quiet_imports() -> None:
+    """Silence the import-time notices of verl's optional engines (torchtitan, megatron, ...) on the console."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
+
+
 def main() -> None:
     import hydra
 
+    quiet_imports()
     register_resolvers()
     hydra.main(config_path=str(RECIPES_DIR), config_name="tiny_cpu", version_base=None)(app)()
 

@@ -27,6 +27,44 @@ TRAIN_KEYS: tuple[tuple[str, str], ...] = (
 """(label, metric) rows of the summary: first logged value -> last."""
 
 
+PROGRESS_KEYS: tuple[tuple[str, str], ...] = (
+    ("R^T", "mempo/reward_T/mean"),
+    ("P[ans|mem]", "mempo/p_ans_mem/mean"),
+    ("turns", "mempo/turns/mean"),
+    ("loss", "train/loss"),
+    ("held-out R^T", "val-core/"),
+    ("s", "timing_s/step"),
+)
+"""(label, metric or metric prefix) of the one-line progress a quiet console shows per logged step."""
+
+
+def progress_line(line: str, prefix: str = "") -> str | None:
+    """verl's console logger line ``step:N - key:value - ...`` as one short line; None for any other line.
+
+    ``progress_line("step:3 - mempo/reward_T/mean:0.5 - timing_s/step:12.3")`` -> ``"step 3: R^T 0.500, s 12.3"``.
+    """
+    # a progress bar may share the line: it redraws with carriage returns, so the logger's text follows one
+    at = line.find("step:")
+    if at < 0 or (at > 0 and line[at - 1] not in "\r] "):
+        return None
+    fields = dict(part.split(":", 1) for part in line[at:].strip().split(" - ") if ":" in part)
+    shown = []
+    for label, key in PROGRESS_KEYS:
+        value = next(
+            (
+                v
+                for k, v in fields.items()
+                if k == key or (key.endswith("/") and k.startswith(key) and "/reward/mean" in k)
+            ),
+            None,
+        )
+        try:
+            shown.append(f"{label} {float(value):.3g}" if label == "s" else f"{label} {float(value):.3f}")
+        except (TypeError, ValueError):
+            continue
+    return f"{prefix}step {fields['step'].strip()}: " + ", ".join(shown)
+
+
 def read_metrics(path: str | Path) -> dict[int, dict[str, Any]]:
     """verl's file-logger JSONL (``{"step": n, "data": {...}}`` per line) -> {step: merged metrics}."""
     steps: dict[int, dict[str, Any]] = {}

@@ -15,7 +15,7 @@ import socket
 
 from omegaconf import DictConfig, OmegaConf
 
-from mempo_verl.main import RECIPES_DIR, register_resolvers
+from mempo_verl.main import RECIPES_DIR, quiet_imports, register_resolvers
 
 
 def single_process_group_env() -> dict[str, str]:
@@ -42,6 +42,7 @@ def app(config: DictConfig) -> None:
 def main() -> None:
     import hydra
 
+    quiet_imports()
     register_resolvers()
     hydra.main(config_path=str(RECIPES_DIR), config_name="sft_tiny", version_base=None)(app)()
 

@@ -43,7 +43,7 @@ def evaluate(model: str, out_dir: Path, examples: int) -> dict[int, dict[str, fl
     from mempo_verl.eval import BackendConfig, BudgetConfig, EvalConfig, run_eval
 
     config = EvalConfig(
-        backend=BackendConfig(model=model, threads=2),
+        backend=BackendConfig(model=model, threads=1),  # one thread: two spin-wait when the other core is busy
         out_dir=str(out_dir),
         methods=("memory",),
         objectives=data.EVAL_OBJECTIVES,

@@ -37,3 +37,15 @@ def test_summary_reads_first_and_last_values(tmp_path):
 def test_summary_of_a_run_that_logged_nothing(tmp_path):
     assert read_metrics(tmp_path / "missing.jsonl") == {}
     assert summary_text({}, tmp_path) == f"== MemPO run: no training step logged (checkpoints: {tmp_path}) =="
+
+
+def test_progress_line_of_a_console_step_line():
+    from mempo_verl.run_summary import progress_line
+
+    line = "step:3 - mempo/reward_T/mean:0.5 - val-core/x/reward/mean@1:0.25 - timing_s/step:12.34 - other:1"
+    assert progress_line(line) == "step 3: R^T 0.500, held-out R^T 0.250, s 12.3"
+    # tqdm redraws on the same line with carriage returns; the logger's text follows one
+    assert progress_line("Epoch 1/1:  4%|▎ | 14/390 [00:38<16:33]\rstep:14 - train/loss:0.5") == "step 14: loss 0.500"
+    # Ray prefixes a worker's lines with its name
+    assert progress_line("\x1b[36m(TaskRunnerV1 pid=1)\x1b[0m step:2 - mempo/turns/mean:2") == "step 2: turns 2.000"
+    assert progress_line("INFO: nothing to see") is None and progress_line("mystep:3 - x:1") is None
