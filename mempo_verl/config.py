@@ -292,6 +292,29 @@ def _to_plain(config: Any) -> dict[str, Any]:
     return dict(config)
 
 
+def check_verl_config(mempo: MemPOConfig, config: Any) -> None:
+    """Cross-checks of the ``mempo:`` section against verl's own keys of the composed config, run at start
+    (``main.validate`` before Ray starts, and ``MemPOTrainer.__init__`` for any other launcher).
+
+    Args:
+        mempo: the validated ``mempo:`` section.
+        config: verl's composed config (``DictConfig``): ``algorithm``, ``trainer``, ``actor_rollout_ref``, ...
+
+    Raises:
+        ValueError: naming every key involved and what to set.
+    """
+    trainer_mode = config.trainer.v1.get("trainer_mode")
+    estimator = config.algorithm.adv_estimator
+    # 1. the MemPO advantage needs the MemPO trainer and the reverse: verl's other trainers apply a non-GRPO
+    #    estimator row by row (every segment its own session, no A^M), and the MemPO trainer ignores the name
+    if (trainer_mode == "mempo") != (estimator == "mempo"):
+        raise ValueError(
+            f"algorithm.adv_estimator={estimator!r} with trainer.v1.trainer_mode={trainer_mode!r}: MemPO needs both "
+            "set to mempo (its trainer computes A^T over sessions and A^M on <mem> tokens; any other trainer would "
+            "train GRPO over segments without memory credit), or neither"
+        )
+
+
 def _build(cls: type, values: Mapping[str, Any], path: str) -> Any:
     """Instantiate dataclass ``cls`` from ``values``; nested dataclass fields recurse with their own path."""
     if not isinstance(values, Mapping):

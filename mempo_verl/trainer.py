@@ -47,7 +47,7 @@ from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from mempo_verl.advantage import compute_mempo_advantage, memory_advantage
 from mempo_verl.agent_loop import get_environment
-from mempo_verl.config import MemPOConfig
+from mempo_verl.config import MemPOConfig, check_verl_config
 from mempo_verl.memory_credit import (
     MemoryCredit,
     ScoringSequence,
@@ -183,6 +183,7 @@ class MemPOTrainer(PPOTrainerSync):
     def __init__(self, config):
         super().__init__(config)
         self.mempo = MemPOConfig.from_config(config.get("mempo"))
+        check_verl_config(self.mempo, config)
         self.mini_batches: int | None = None  # K under `mempo.update.mini_batch: prompts`; None: verl's row count
         if self.mempo.update.mini_batch == "prompts":
             if self.use_critic or is_distillation_enabled(config.get("distillation")):

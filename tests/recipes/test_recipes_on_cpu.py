@@ -6,8 +6,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mempo_verl import doctor
 from mempo_verl.config import MemPOConfig
-from mempo_verl.main import RECIPES_DIR
+from mempo_verl.main import RECIPES_DIR, validate
 from mempo_verl.trainer import prompt_mini_batches
 
 RECIPES = sorted(path.stem for path in Path(RECIPES_DIR).glob("*.yaml"))
@@ -78,3 +79,28 @@ def test_every_mempo_key_can_be_overridden_from_the_command_line():
     config = _compose("mempo_qwen2.5_7b", ["mempo.run.credit_dump_dir=/tmp/x", "mempo.credit.scorer=ref"])
     mempo = MemPOConfig.from_config(config.mempo)
     assert mempo.run.credit_dump_dir == "/tmp/x" and mempo.credit.scorer == "ref"
+
+
+@pytest.fixture
+def _check(monkeypatch):
+    """`main.validate` of a composed recipe, the install check (`mempo-doctor`, tested in tests/platform) skipped."""
+    monkeypatch.setattr(doctor, "require_ready", lambda: None)
+    return lambda name, overrides: validate(_compose(name, overrides))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_passes_the_start_checks(_check, name):
+    _check(name, [])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.v1.trainer_mode=sync"],  # the MemPO estimator under verl's sync trainer: GRPO over segments, no A^M
+        ["trainer.v1.trainer_mode=colocate_async"],
+        ["algorithm.adv_estimator=grpo"],  # the MemPO trainer under another estimator name
+    ],
+)
+def test_mempo_estimator_and_trainer_go_together(_check, overrides):
+    with pytest.raises(ValueError, match=r"algorithm\.adv_estimator=.*trainer\.v1\.trainer_mode="):
+        _check("tiny_cpu", overrides)
