@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from verl.trainer.ppo.utils import need_reference_policy
+
 from mempo_verl.advantage import LossNormalization, MemoryGrouping
 from mempo_verl.memory_credit import BASELINE_MODES, BaselineMode
 from mempo_verl.protocol import TagSet
@@ -199,7 +201,8 @@ class CreditConfig:
     baseline: BaselineMode = "prefix"
     """ε_t of Eq. 5: ``prefix`` (full uncompressed history s_<t; default), ``question`` (P[ans | q]), ``none``."""
     scorer: ScorerName = "actor"
-    """Policy that scores P[ans | ctx]: ``actor`` (default) or ``ref``."""
+    """Policy that scores P[ans | ctx]: ``actor`` (default) or ``ref`` (needs verl's reference policy: a KL term or a
+    LoRA actor; ``check_verl_config`` refuses it otherwise)."""
     loss_normalization: LossNormalization = "token_mean"
     """Token weighting of the PPO loss: ``token_mean`` (verl's, default) or ``trajectory_mean`` (Eq. 10, every
     trajectory weighs the same; ``advantage.LossNormalization`` says how)."""
@@ -231,7 +234,8 @@ class UpdateConfig:
     """How a step's rows become optimizer updates (``mempo.update``)."""
 
     mini_batch: MiniBatching = "prompts"
-    """What ``ppo_mini_batch_size`` counts: ``prompts`` (default) or ``rows`` (verl's); see ``MiniBatching``."""
+    """What ``ppo_mini_batch_size`` counts: ``prompts`` (default) or ``rows`` (verl's); see ``MiniBatching``.
+    ``prompts`` refuses ``trainer.v1.mempo.parameter_sync_step`` > 1 (``check_verl_config``)."""
 
     def __post_init__(self) -> None:
         _check_choice("mempo.update.mini_batch", self.mini_batch, MINI_BATCHINGS)
@@ -313,6 +317,33 @@ def check_verl_config(mempo: MemPOConfig, config: Any) -> None:
             "set to mempo (its trainer computes A^T over sessions and A^M on <mem> tokens; any other trainer would "
             "train GRPO over segments without memory credit), or neither"
         )
+    if trainer_mode != "mempo":
+        return
+    # 2. scorer=ref scores through the reference policy, which verl builds only for a KL term (or inside a LoRA actor)
+    if mempo.credit.scorer == "ref" and mempo.credit.alpha != 0 and not _has_reference_policy(config):
+        raise ValueError(
+            "mempo.credit.scorer=ref needs a reference policy, and verl builds one only with "
+            "actor_rollout_ref.actor.use_kl_loss=true or algorithm.use_kl_in_reward=true (or a LoRA actor, "
+            "actor_rollout_ref.model.lora.rank > 0): set one of them, or mempo.credit.scorer=actor"
+        )
+    # 3. verl repeats the step's sample-and-update parameter_sync_step times (trainer_base.py `step`), and each
+    #    repetition makes the K updates sized for the whole train batch (mempo.update.mini_batch=prompts)
+    sync_step = config.trainer.v1.get("mempo", {}).get("parameter_sync_step", 1)
+    if mempo.update.mini_batch == "prompts" and sync_step != 1:
+        raise ValueError(
+            f"trainer.v1.mempo.parameter_sync_step={sync_step!r} with mempo.update.mini_batch=prompts would make "
+            f"{sync_step} x the train_batch_size / ppo_mini_batch_size updates per step; remove it (or set it to 1)"
+        )
+
+
+def _has_reference_policy(config: Any) -> bool:
+    """Whether verl 0.9.1 gives the trainer a reference policy: a KL term (`ppo/utils.py` `need_reference_policy`) or
+    a LoRA actor whose base weights serve as the reference (`trainer_base.py:234-237`, `ref_in_actor`)."""
+    model = config.actor_rollout_ref.model
+    lora_rank = model.get("lora", {}).get("rank", 0) or 0
+    if lora_rank <= 0:
+        lora_rank = model.get("lora_rank", 0) or 0
+    return need_reference_policy(config) or lora_rank > 0 or model.get("lora_adapter_path") is not None
 
 
 def _build(cls: type, values: Mapping[str, Any], path: str) -> Any:

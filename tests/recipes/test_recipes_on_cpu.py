@@ -104,3 +104,23 @@ def test_every_recipe_passes_the_start_checks(_check, name):
 def test_mempo_estimator_and_trainer_go_together(_check, overrides):
     with pytest.raises(ValueError, match=r"algorithm\.adv_estimator=.*trainer\.v1\.trainer_mode="):
         _check("tiny_cpu", overrides)
+
+
+NO_KL = ["actor_rollout_ref.actor.use_kl_loss=false", "algorithm.use_kl_in_reward=false"]
+
+
+def test_ref_scorer_needs_a_reference_policy(_check):
+    # no KL term: verl builds no reference policy, so scoring through it would fail mid-step (AttributeError)
+    with pytest.raises(ValueError, match=r"mempo\.credit\.scorer=ref.*actor_rollout_ref\.actor\.use_kl_loss"):
+        _check("tiny_cpu", ["mempo.credit.scorer=ref", *NO_KL])
+    _check("tiny_cpu", ["mempo.credit.scorer=ref", "actor_rollout_ref.actor.use_kl_loss=true"])
+    _check("tiny_cpu", ["mempo.credit.scorer=ref", *NO_KL, "actor_rollout_ref.model.lora.rank=8"])  # base = ref
+    _check("tiny_cpu", ["mempo.credit.scorer=ref", *NO_KL, "mempo.credit.alpha=0"])  # α = 0 scores nothing
+
+
+def test_parameter_sync_step_is_refused_with_prompt_mini_batches(_check):
+    # verl repeats sample-and-update parameter_sync_step times a step, each making the K updates of the whole batch
+    with pytest.raises(ValueError, match=r"trainer\.v1\.mempo\.parameter_sync_step=4 .*mempo\.update\.mini_batch"):
+        _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=4"])
+    _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=1"])
+    _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=4", "mempo.update.mini_batch=rows"])  # verl's own
