@@ -196,8 +196,8 @@ def token_advantages(
 
 
 def trajectory_mean_weights(session_index: Sequence[Hashable], response_mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 10 as per-row advantage scales: N / (S · |τ_i|), N generated tokens of the batch, S sessions, |τ_i| the
-    generated tokens of row's session over all its segments.
+    """Eq. 10 as per-row advantage scales: N / (S · |τ_i|), N generated tokens of the batch, S sessions with at least
+    one generated token, |τ_i| the generated tokens of row's session over all its segments.
 
     Args:
         session_index: `(B,)` session of each row.
@@ -205,14 +205,17 @@ def trajectory_mean_weights(session_index: Sequence[Hashable], response_mask: to
 
     Returns:
         `(B,)` weights; their token-weighted mean over the batch is 1, so the loss scale matches `token_mean`.
+        Rows of a session without generated tokens (verl's synthetic padding sessions, `is_padding`) get 0.
     """
     _check_rows("session_index", session_index, response_mask.shape[0])
     row_tokens = response_mask.sum(dim=-1).float()  # (B,)
     session_tokens: dict[Hashable, float] = {}
     for session, tokens in zip(session_index, row_tokens.tolist(), strict=True):
         session_tokens[session] = session_tokens.get(session, 0.0) + tokens
-    total_tokens, num_sessions = row_tokens.sum().item(), len(session_tokens)
-    # a session with no generated token contributes nothing to the loss: its weight is irrelevant, keep it finite
+    # a session with no generated token is not a trajectory of Eq. 10 (verl pads the batch with such sessions):
+    # counting it in S would shrink every real trajectory's weight
+    num_sessions = sum(tokens > 0 for tokens in session_tokens.values())
+    total_tokens = row_tokens.sum().item()
     return torch.tensor(
         [total_tokens / (num_sessions * session_tokens[s]) if session_tokens[s] > 0 else 0.0 for s in session_index]
     )

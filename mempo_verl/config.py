@@ -205,7 +205,9 @@ class CreditConfig:
     LoRA actor; ``check_verl_config`` refuses it otherwise)."""
     loss_normalization: LossNormalization = "token_mean"
     """Token weighting of the PPO loss: ``token_mean`` (verl's, default) or ``trajectory_mean`` (Eq. 10, every
-    trajectory weighs the same; ``advantage.LossNormalization`` says how)."""
+    trajectory weighs the same; ``advantage.LossNormalization`` says how; needs
+    ``actor_rollout_ref.actor.loss_agg_mode=token-mean``, checked by ``check_verl_config``). The paper recipe
+    (``recipes/base/mempo_paper.yaml``) selects ``trajectory_mean``."""
 
     def __post_init__(self) -> None:
         alpha = self.alpha
@@ -319,14 +321,23 @@ def check_verl_config(mempo: MemPOConfig, config: Any) -> None:
         )
     if trainer_mode != "mempo":
         return
-    # 2. scorer=ref scores through the reference policy, which verl builds only for a KL term (or inside a LoRA actor)
+    # 2. Eq. 10 is realised as advantage scales under verl's token-mean (advantage.LossNormalization): another
+    #    aggregation would weigh the scaled tokens again
+    loss_agg_mode = config.actor_rollout_ref.actor.get("loss_agg_mode")
+    if mempo.credit.loss_normalization == "trajectory_mean" and loss_agg_mode != "token-mean":
+        raise ValueError(
+            f"mempo.credit.loss_normalization=trajectory_mean needs actor_rollout_ref.actor.loss_agg_mode=token-mean "
+            f"(got {loss_agg_mode!r}): Eq. 10's per-trajectory weights are applied to the advantages and assume verl's "
+            "token mean; set it, or mempo.credit.loss_normalization=token_mean"
+        )
+    # 3. scorer=ref scores through the reference policy, which verl builds only for a KL term (or inside a LoRA actor)
     if mempo.credit.scorer == "ref" and mempo.credit.alpha != 0 and not _has_reference_policy(config):
         raise ValueError(
             "mempo.credit.scorer=ref needs a reference policy, and verl builds one only with "
             "actor_rollout_ref.actor.use_kl_loss=true or algorithm.use_kl_in_reward=true (or a LoRA actor, "
             "actor_rollout_ref.model.lora.rank > 0): set one of them, or mempo.credit.scorer=actor"
         )
-    # 3. verl repeats the step's sample-and-update parameter_sync_step times (trainer_base.py `step`), and each
+    # 4. verl repeats the step's sample-and-update parameter_sync_step times (trainer_base.py `step`), and each
     #    repetition makes the K updates sized for the whole train batch (mempo.update.mini_batch=prompts)
     sync_step = config.trainer.v1.get("mempo", {}).get("parameter_sync_step", 1)
     if mempo.update.mini_batch == "prompts" and sync_step != 1:

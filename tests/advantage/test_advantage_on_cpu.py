@@ -241,3 +241,14 @@ def test_trajectory_mean_scales_the_advantages():
     torch.testing.assert_close(scaled, plain * weights[:, None])
     with pytest.raises(ValueError, match="loss_normalization 'seq_mean'"):
         compute_mempo_advantage(rewards, response_mask, loss_normalization="seq_mean", **kwargs)
+
+
+def test_trajectory_mean_ignores_padding_sessions():
+    # two real sessions of 2 generated tokens each, then verl's two synthetic padding sessions (response mask 0)
+    response_mask = torch.tensor([[1, 1], [1, 0], [1, 0], [0, 0], [0, 0]])
+    sessions = ["a", "b", "b", "pad_0", "pad_1"]
+    weights = trajectory_mean_weights(sessions, response_mask)
+    # N = 4 tokens, S = 2 trajectories (padding is none): w_a = 4 / (2·2) = 1, w_b = 4 / (2·2) = 1; padding 0
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]))
+    # token-weighted mean of the weights over the generated tokens is 1, as Eq. 10 promises
+    assert (weights[:, None] * response_mask).sum().item() / response_mask.sum().item() == pytest.approx(1.0)

@@ -54,6 +54,9 @@ def test_paper_recipe_matches_the_paper():
     assert config.actor_rollout_ref.rollout.n == 16 and config.data.train_batch_size == 128
     assert config.actor_rollout_ref.actor.optim.lr == pytest.approx(1e-6)
     assert config.mempo.agent.max_turns == 16 and "Qwen2.5-7B" in config.actor_rollout_ref.model.path
+    # Eq. 10 (per-trajectory token mean), over verl's token-mean aggregation that it rescales
+    assert config.mempo.credit.loss_normalization == "trajectory_mean"
+    assert config.actor_rollout_ref.actor.loss_agg_mode == "token-mean"
 
 
 def test_tiny_cpu_composes_the_cpu_preset():
@@ -124,3 +127,13 @@ def test_parameter_sync_step_is_refused_with_prompt_mini_batches(_check):
         _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=4"])
     _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=1"])
     _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=4", "mempo.update.mini_batch=rows"])  # verl's own
+
+
+def test_trajectory_mean_needs_token_mean_aggregation(_check):
+    # the Eq. 10 weights scale the advantages under verl's token-mean; seq-mean-token-mean would average them again
+    overrides = ["mempo.credit.loss_normalization=trajectory_mean"]
+    _check("tiny_cpu", overrides)
+    with pytest.raises(ValueError, match=r"trajectory_mean needs actor_rollout_ref\.actor\.loss_agg_mode=token-mean"):
+        _check("tiny_cpu", [*overrides, "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean"])
+    with pytest.raises(ValueError, match=r"loss_agg_mode=token-mean \(got 'token-sum'\)"):
+        _check("mempo_qwen2.5_7b", ["actor_rollout_ref.actor.loss_agg_mode=token-sum"])
