@@ -88,7 +88,8 @@ def question_scoring_messages(task_prompt: str, question: str) -> list[Message]:
 def memory_scoring_messages(task_prompt: str, question: str, memory: str, tags: TagSet = DEFAULT_TAGS) -> list[Message]:
     """Context of P[ans | q, mem_t] (Eq. 5, first term): the question, then ``<mem>{memory}</mem>``.
 
-    ``memory`` is the content of the turn's ``<mem>`` block (``Turn.mem``); a turn without one has no R^M
+    ``memory`` is the content of the turn's ``<mem>`` block as later contexts show it (cut to its token budget,
+    ``TurnRecord.memory_in_context``), so R^M credits what the policy will read; a turn without one has no R^M
     (DESIGN §3), so it never reaches here. It is model output and may hold stray tags (a malformed turn's
     ``<mem>`` can contain ``<tool_call>``): it is wrapped verbatim, as the model wrote it, since the scoring
     context is read by the model, never parsed back (``render_block`` would refuse it).
@@ -398,7 +399,8 @@ class SegmentTurn:
     observation: str | None
     """The environment's reply to the turn, unwrapped, or None."""
     memory: str | None
-    """The turn's ``<mem>`` content; None: no ``<mem>``, so no R^M (DESIGN §3: the segment gets A^T only)."""
+    """The turn's ``<mem>`` content as later turns see it (``TurnRecord.memory_in_context``: cut to
+    ``mempo.context.memory_token_budget``); None: no ``<mem>``, so no R^M (DESIGN §3: the segment gets A^T only)."""
     task_prompt: str
     question: str
     """The question(s) as shown to the model."""

@@ -85,7 +85,8 @@ def segment_turns(segments: list[Segment | None], sessions: list[Any]) -> list[S
                 turn_index=turn.turn_index,
                 text=turn.text,
                 observation=turn.observation,
-                memory=turn.memory if turn.mem_span is not None else None,
+                # R^M credits the memory later turns read: cut to mempo.context.memory_token_budget when over it
+                memory=turn.memory_in_context if turn.mem_span is not None else None,
                 task_prompt=segment.task_prompt,
                 question=segment.question_text,
                 gold_answer=segment.gold_answer,

@@ -82,6 +82,16 @@ def test_segment_turns_skip_padding_and_full_policy_rows():
     assert rows[2] is None and rows[3] is None  # padding; a whole-history row has no single <mem> to credit
 
 
+def test_memory_credit_scores_the_memory_later_turns_see():
+    # a memory over mempo.context.memory_token_budget is cut where later contexts show it: R^M scores the cut text
+    written = "Aldmark capital Velmora founded 1203 by the Tavren Guild"
+    shown = "Aldmark capital Velmora"  # what the agent loop recorded as shown to later turns
+    turn = _turn(0, memory=written, memory_in_context=shown, memory_truncated=True)
+    (row,) = segment_turns([_segment(0, [turn])], ["s0"])
+    assert row.memory == shown
+    assert row.text == f"<mem>{written}</mem>"  # s_<t of later turns keeps the turn as written (full history)
+
+
 def test_memory_token_mask_marks_the_mem_span_within_the_response():
     segments = [_segment(0, [_turn(0, mem_span=(1, 4))]), _segment(1, [_turn(1, memory=None)]), None]
     mask = memory_token_mask(segments, response_lengths=[6, 6, 1], width=6)
