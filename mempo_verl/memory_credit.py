@@ -406,6 +406,9 @@ class SegmentTurn:
     """The question(s) as shown to the model."""
     gold_answer: str | None
     """The gold answer text; None: nothing to teacher-force, no R^M."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """The tool schemas the rollout's chat template received (``Segment.tool_schemas``): the scoring contexts pass
+    them too (the system turn lists them), so they open exactly as the rollout contexts did."""
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,6 @@ def plan_memory_credit(
     tokenizer: Any,
     baseline: BaselineMode = "prefix",
     tags: TagSet = DEFAULT_TAGS,
-    tools: Sequence[dict] | None = None,
 ) -> MemoryCreditPlan:
     """Build the scoring sequences of Eq. 5 for every row with a ``<mem>`` and a gold answer.
 
@@ -439,8 +441,8 @@ def plan_memory_credit(
         tokenizer: fast tokenizer of the policy.
         baseline: ε_t mode, see ``BaselineMode``.
         tags: tag names.
-        tools: the environment's tool schemas, passed to the chat template as at rollout (the system turn lists
-            them), so the scoring contexts open exactly as the rollout contexts did.
+
+    Each row's sequences are built with its own ``tools`` (``SegmentTurn.tools``), as at rollout.
     """
     if baseline not in _BASELINE_CONTEXTS:
         raise ValueError(f"baseline mode {baseline!r} is unknown; choose one of {list(_BASELINE_CONTEXTS)}")
@@ -454,8 +456,8 @@ def plan_memory_credit(
     index_of: dict[tuple[int, ...], int] = {}
     sequences: list[ScoringSequence] = []
 
-    def add(messages: list[Message], answer: str) -> int:
-        sequence = build_scoring_sequence(tokenizer, messages, answer, tags, tools=tools)
+    def add(messages: list[Message], answer: str, tools: Sequence[dict[str, Any]]) -> int:
+        sequence = build_scoring_sequence(tokenizer, messages, answer, tags, tools=list(tools))
         if sequence.input_ids not in index_of:
             index_of[sequence.input_ids] = len(sequences)
             sequences.append(sequence)
@@ -468,9 +470,11 @@ def plan_memory_credit(
         earlier = [HistoryTurn(t.text, t.observation) for t in history[row.session] if t.turn_index < row.turn_index]
         memory_rows.append(row_index)
         memory_messages = memory_scoring_messages(row.task_prompt, row.question, row.memory, tags)
-        memory_sequence.append(add(memory_messages, row.gold_answer))
+        memory_sequence.append(add(memory_messages, row.gold_answer, row.tools))
         baseline_messages = baseline_scoring_messages(baseline, row.task_prompt, row.question, earlier, tags)
-        baseline_sequence.append(None if baseline_messages is None else add(baseline_messages, row.gold_answer))
+        baseline_sequence.append(
+            None if baseline_messages is None else add(baseline_messages, row.gold_answer, row.tools)
+        )
     return MemoryCreditPlan(tuple(sequences), tuple(memory_rows), tuple(memory_sequence), tuple(baseline_sequence))
 
 

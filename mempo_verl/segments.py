@@ -6,7 +6,7 @@ stores ``extra_fields`` whole per TransferQueue row and merges the last output's
 
 - everything MemPO's trainer needs per segment sits under one key, ``extra_fields["mempo"]`` (``Segment``): the
   turn's memory and its token span, the raw turn text and observation (s_<t is rebuilt from the session's earlier
-  segments), questions, task prompt, gold answer, token counts;
+  segments), questions, task prompt, tool schemas, gold answer, token counts;
 - the reward contract of ``rewards.compute_score`` sits flat on the last segment: ``final_answer``,
   ``format_valid``, ``reward_mode``.
 
@@ -133,6 +133,10 @@ class Segment:
     """Every turn valid and the last one answers (``rewards.trajectory_format_valid``; last segment only)."""
     episode: EpisodeSummary | None = None
     """Per-trajectory numbers (last segment only)."""
+    tool_schemas: tuple[dict[str, Any], ...] = ()
+    """The environment's tool schemas as the rollout's chat template received them (its system turn lists them);
+    memory credit opens its scoring contexts with the same ones, so the trainer never builds the environment
+    (a retrieval index) just to read them. () = no tools."""
 
     def __post_init__(self) -> None:
         if not self.turns:
@@ -156,6 +160,7 @@ class Segment:
         data = dict(_plain(data))
         data["turns"] = tuple(_turn_from_dict(t) for t in data["turns"])
         data["questions"] = tuple(data["questions"])
+        data["tool_schemas"] = tuple(data.get("tool_schemas") or ())
         if data.get("episode") is not None:
             data["episode"] = EpisodeSummary(**data["episode"])
         return cls(**data)

@@ -46,7 +46,6 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from mempo_verl.advantage import compute_mempo_advantage, memory_advantage
-from mempo_verl.agent_loop import get_environment
 from mempo_verl.config import MemPOConfig, check_verl_config
 from mempo_verl.memory_credit import (
     MemoryCredit,
@@ -90,6 +89,7 @@ def segment_turns(segments: list[Segment | None], sessions: list[Any]) -> list[S
                 task_prompt=segment.task_prompt,
                 question=segment.question_text,
                 gold_answer=segment.gold_answer,
+                tools=segment.tool_schemas,
             )
         )
     return rows
@@ -280,13 +280,7 @@ class MemPOTrainer(PPOTrainerSync):
         started = time.perf_counter()
         # α = 0 (GRPO in memory format): A^M is never used, so nothing is scored
         rows = segment_turns(segments, sessions) if self.mempo.credit.alpha != 0 else [None] * len(segments)
-        plan = plan_memory_credit(
-            rows,
-            self.tokenizer,
-            self.mempo.credit.baseline,
-            self.mempo.tags,
-            tools=get_environment(self.mempo.env).tool_schemas(),
-        )
+        plan = plan_memory_credit(rows, self.tokenizer, self.mempo.credit.baseline, self.mempo.tags)
         if plan.sequences:
             probabilities = self._answer_probabilities(plan.sequences, partition_id)
         else:

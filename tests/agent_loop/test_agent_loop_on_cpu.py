@@ -179,6 +179,8 @@ def test_memory_policy_one_segment_per_turn(base_config, tiny_model, tokenizer):
     segs = segments(outputs)
     assert [s.segment_index for s in segs] == [0, 1, 2] and [s.is_last for s in segs] == [False, False, True]
     assert all((s.uid, s.session_id, s.gold_answer, s.policy) == ("u1", 0, "Paris", "memory") for s in segs)
+    # memory credit scores with the tool schemas the rollout's chat template received (no environment in the trainer)
+    assert all(s.tool_schemas == tuple(_SearchEnv().tool_schemas()) for s in segs)
     last = segs[-1]
     assert (last.termination, last.final_answer, last.format_valid) == ("answer", "Paris", True)
     assert last.episode.num_turns == 3 and last.episode.env_failures == 0

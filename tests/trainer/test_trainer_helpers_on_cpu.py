@@ -9,10 +9,18 @@ import json
 import pytest
 import torch
 
-from mempo_verl.memory_credit import MemoryCredit, build_scoring_sequence, question_scoring_messages
+from mempo_verl import agent_loop
+from mempo_verl.config import MemPOConfig
+from mempo_verl.memory_credit import (
+    MemoryCredit,
+    build_scoring_sequence,
+    memory_scoring_messages,
+    question_scoring_messages,
+)
 from mempo_verl.metrics import credit_metrics, episode_metrics
 from mempo_verl.segments import EpisodeSummary, Segment, TurnRecord
 from mempo_verl.trainer import (
+    MemPOTrainer,
     dump_credit,
     memory_token_mask,
     prompt_mini_batches,
@@ -46,7 +54,17 @@ def _turn(index: int, memory: str | None = "m", mem_span=(0, 3), **kw) -> TurnRe
     return TurnRecord(**values)
 
 
-def _segment(index: int, turns, is_last=False, policy="memory", peak=106) -> Segment:
+SEARCH_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search.",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+    },
+}
+
+
+def _segment(index: int, turns, is_last=False, policy="memory", peak=106, tool_schemas=()) -> Segment:
     last = {}
     if is_last:
         episode = EpisodeSummary(
@@ -65,6 +83,7 @@ def _segment(index: int, turns, is_last=False, policy="memory", peak=106) -> Seg
         gold_answer="Paris",
         reward_mode="all_em",
         is_last=is_last,
+        tool_schemas=tuple(tool_schemas),
         **last,
     )
 
@@ -90,6 +109,37 @@ def test_memory_credit_scores_the_memory_later_turns_see():
     (row,) = segment_turns([_segment(0, [turn])], ["s0"])
     assert row.memory == shown
     assert row.text == f"<mem>{written}</mem>"  # s_<t of later turns keeps the turn as written (full history)
+
+
+def test_memory_credit_reads_tool_schemas_from_the_segments_not_the_environment(monkeypatch, tokenizer):
+    # building the environment in the trainer would build its retrieval index there just to read the schemas
+    def no_environment(*args, **kwargs):
+        raise AssertionError("the trainer built the environment")
+
+    monkeypatch.setattr(agent_loop, "make_env", no_environment)
+    monkeypatch.setattr(agent_loop, "_ENVIRONMENTS", {})
+    scored = []
+
+    def answer_probabilities(sequences, partition_id):
+        scored.extend(sequences)
+        return torch.full((len(sequences),), 0.5)
+
+    trainer = object.__new__(MemPOTrainer)  # only the memory-credit step: no workers, no TransferQueue
+    trainer.mempo = MemPOConfig.from_config({"credit": {"baseline": "question"}})
+    trainer.tokenizer = tokenizer
+    trainer._answer_probabilities = answer_probabilities
+    segment = _segment(0, [_turn(0, memory="Paris")], tool_schemas=[SEARCH_SCHEMA])
+    credit = trainer._memory_credit([segment], [("u", 0)], "train", metrics={})
+    assert credit.has_memory.tolist() == [True]
+    # the scoring contexts open as the rollout's did: the chat template received the segment's tool schemas
+    expected = [
+        build_scoring_sequence(
+            tokenizer, memory_scoring_messages("Task.", "Q?", "Paris"), "Paris", tools=[SEARCH_SCHEMA]
+        ),
+        build_scoring_sequence(tokenizer, question_scoring_messages("Task.", "Q?"), "Paris", tools=[SEARCH_SCHEMA]),
+    ]
+    assert scored == expected
+    assert scored[0] != build_scoring_sequence(tokenizer, memory_scoring_messages("Task.", "Q?", "Paris"), "Paris")
 
 
 def test_memory_token_mask_marks_the_mem_span_within_the_response():
