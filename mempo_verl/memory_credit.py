@@ -428,6 +428,36 @@ class MemoryCreditPlan:
     """Per memory row: index of its ε_t sequence; None when ε_t = 0 (``baseline="none"``)."""
 
 
+def session_histories(rows: Sequence[SegmentTurn | None]) -> dict[Any, list[SegmentTurn]]:
+    """Each session's turns in turn order, checked complete: turn indices 0, 1, …, n-1, each once.
+
+    s_<t of the ``prefix`` baseline is rebuilt from the session's earlier rows, so a missing (or doubled) turn would
+    silently shorten (or repeat) the history. verl stores every output of a session in the same step, so a gap is
+    a bug upstream: it raises, naming the session and the turns it has.
+
+    Args:
+        rows: `(B,)` per batch row, or None for rows without memory credit (skipped).
+
+    Returns:
+        ``{session: [SegmentTurn, …]}`` sorted by ``turn_index``.
+    """
+    history: dict[Any, list[SegmentTurn]] = {}
+    for row in rows:
+        if row is not None:
+            history.setdefault(row.session, []).append(row)
+    for session, turns in history.items():
+        turns.sort(key=lambda turn: turn.turn_index)
+        indices = [turn.turn_index for turn in turns]
+        if indices != list(range(len(turns))):
+            missing = sorted(set(range(max(indices) + 1)) - set(indices))
+            doubled = sorted({index for index in indices if indices.count(index) > 1})
+            raise ValueError(
+                f"session {session!r} has turns {indices} (missing {missing}, doubled {doubled}): every turn of a "
+                "session must be in the batch once, or s_<t of its later turns would be wrong"
+            )
+    return history
+
+
 def plan_memory_credit(
     rows: Sequence[SegmentTurn | None],
     tokenizer: Any,
@@ -446,12 +476,7 @@ def plan_memory_credit(
     """
     if baseline not in _BASELINE_CONTEXTS:
         raise ValueError(f"baseline mode {baseline!r} is unknown; choose one of {list(_BASELINE_CONTEXTS)}")
-    history: dict[Any, list[SegmentTurn]] = {}
-    for row in rows:
-        if row is not None:
-            history.setdefault(row.session, []).append(row)
-    for turns in history.values():
-        turns.sort(key=lambda turn: turn.turn_index)
+    history = session_histories(rows)
 
     index_of: dict[tuple[int, ...], int] = {}
     sequences: list[ScoringSequence] = []

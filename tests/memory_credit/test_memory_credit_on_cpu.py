@@ -404,3 +404,17 @@ def test_prefix_baseline_holds_every_earlier_turn(tokenizer):
     messages_0 = [{"role": "system", "content": "Task."}, {"role": "user", "content": "Q?"}]
     assert plan.sequences[plan.baseline_sequence[0]] == build_scoring_sequence(tokenizer, messages_0, "Paris")
 
+
+@pytest.mark.parametrize(
+    ("turns", "message"),
+    [
+        ([0, 2], r"turns \[0, 2\] \(missing \[1\], doubled \[\]\)"),
+        ([0, 1, 1], r"turns \[0, 1, 1\] \(missing \[\], doubled \[1\]\)"),
+        ([1, 2], r"turns \[1, 2\] \(missing \[0\], doubled \[\]\)"),
+    ],
+)
+def test_incomplete_session_history_is_an_error(tokenizer, turns, message):
+    # a session whose turn 1 is not in the batch would score turn 2's ε on turn 0 alone: a silently short s_<t
+    rows = [_segment_turn("A", t, f"m{t}") for t in turns]
+    with pytest.raises(ValueError, match=rf"session 'A' has {message}"):
+        plan_memory_credit(rows, tokenizer, baseline="prefix")
