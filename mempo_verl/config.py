@@ -7,7 +7,7 @@ The section sits at the top level of verl's composed config, next to ``actor_rol
       agent:   {max_turns: 16}
       context: {policy: memory, retain_turns: 1, keep_think: false, keep_call: false, memory_token_budget: 512}
       env:     {name: search_qa, kwargs: {topk: 3}, tool_timeout_s: 60}
-      reward:  {mode: all_em, source: reward_function}
+      reward:  {mode: all_em, source: reward_function, normalization: squad}
       credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, loss_normalization: token_mean}
       update:  {mini_batch: prompts}
       run:     {timeout_s: 0, credit_dump_dir: null}
@@ -35,7 +35,7 @@ from verl.trainer.ppo.utils import need_reference_policy
 from mempo_verl.advantage import LossNormalization, MemoryGrouping
 from mempo_verl.memory_credit import BASELINE_MODES, BaselineMode
 from mempo_verl.protocol import TagSet
-from mempo_verl.rewards import REWARD_MODES, RewardMode
+from mempo_verl.rewards import ANSWER_NORMALIZATIONS, REWARD_MODES, AnswerNormalization, RewardMode
 
 ContextPolicyName = Literal["memory", "full", "mem1"]
 """Which earlier turns a new turn sees (``mempo_verl/context.py``):
@@ -176,10 +176,17 @@ class RewardConfig:
     ``all_em`` (paper); ``em_mean``, ``f1_mean``, ``em_sum`` (MEM1)."""
     source: RewardSource = "reward_function"
     """One of ``REWARD_SOURCES``. Default ``reward_function``."""
+    normalization: AnswerNormalization = "squad"
+    """Answer normalisation of the reward function's EM / F1 (R^T and the reward metrics), written into the last
+    segment: ``squad`` (the official SQuAD v1.1 rules, so figures compare with MEM1 / Search-R1 / MemPO; default,
+    DESIGN §3 "answer matching") or ``unicode`` (accents and Unicode punctuation folded too;
+    ``rewards.AnswerNormalization``). The built-in environments' ``score`` (``source: environment``, ``mempo-eval``)
+    take their own ``normalization`` keyword (``mempo.env.kwargs``), default ``squad`` as well."""
 
     def __post_init__(self) -> None:
         _check_choice("mempo.reward.mode", self.mode, REWARD_MODES)
         _check_choice("mempo.reward.source", self.source, REWARD_SOURCES)
+        _check_choice("mempo.reward.normalization", self.normalization, ANSWER_NORMALIZATIONS)
 
 
 ScorerName = Literal["actor", "ref"]

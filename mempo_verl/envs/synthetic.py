@@ -36,7 +36,15 @@ from typing import Any, Literal, get_args
 from mempo_verl.envs.base import Environment, Observation, sample_extra_info, sample_questions, turn_format_prompt
 from mempo_verl.envs.registry import config_from_kwargs, register_env
 from mempo_verl.protocol import ToolCall
-from mempo_verl.rewards import AnswerScore, RewardMode, golds_from_ground_truth, score_answer, validate_reward_mode
+from mempo_verl.rewards import (
+    AnswerNormalization,
+    AnswerScore,
+    RewardMode,
+    golds_from_ground_truth,
+    score_answer,
+    validate_normalization,
+    validate_reward_mode,
+)
 
 LOOKUP_TOOL = "lookup"
 DATA_SOURCE = "mempo_synthetic"
@@ -297,9 +305,12 @@ class SyntheticConfig:
 
     reward_mode: RewardMode = "all_em"
     """How `score` combines the objectives: "all_em" (paper, default), "em_mean", "f1_mean", "em_sum" (MEM1)."""
+    normalization: AnswerNormalization = "squad"
+    """Answer normalisation of `score` (`rewards.AnswerNormalization`): "squad" (default) or "unicode"."""
 
     def __post_init__(self) -> None:
         validate_reward_mode(self.reward_mode)
+        validate_normalization(self.normalization)
 
 
 def _failure(kind: SyntheticErrorKind, text: str) -> Observation:
@@ -346,8 +357,9 @@ class SyntheticEnv(Environment):
         return Observation(text=f"{document['key']}: {document['text']}", metrics={"lookup_found": 1.0})
 
     def score(self, answer: str | None, ground_truth: Any) -> AnswerScore:
-        """Exact match of each objective's name (`rewards.score_answer`, `reward_mode`)."""
-        return score_answer(answer, golds_from_ground_truth(ground_truth), self.config.reward_mode)
+        """Exact match of each objective's name (`rewards.score_answer`, `reward_mode`, `normalization`)."""
+        golds = golds_from_ground_truth(ground_truth)
+        return score_answer(answer, golds, self.config.reward_mode, self.config.normalization)
 
     def gold_answer_text(self, ground_truth: Any) -> str:
         """The answer names joined with "; "."""
