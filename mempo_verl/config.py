@@ -8,7 +8,8 @@ The section sits at the top level of verl's composed config, next to ``actor_rol
       context: {policy: memory, retain_turns: 1, keep_think: false, keep_call: false, memory_token_budget: 512}
       env:     {name: search_qa, kwargs: {topk: 3}, tool_timeout_s: 60}
       reward:  {mode: all_em, source: reward_function, normalization: squad}
-      credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, loss_normalization: token_mean}
+      credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, loss_normalization: token_mean,
+                memory_noise_floor: 0.02}
       update:  {mini_batch: prompts}
       run:     {timeout_s: 0, credit_dump_dir: null}
       tags:    {mem: mem, think: think, tool_call: tool_call, answer: answer, information: information}
@@ -32,7 +33,7 @@ from typing import Any, Literal, get_args
 
 from verl.trainer.ppo.utils import need_reference_policy
 
-from mempo_verl.advantage import LossNormalization, MemoryGrouping
+from mempo_verl.advantage import MEMORY_NOISE_FLOOR, LossNormalization, MemoryGrouping
 from mempo_verl.memory_credit import BASELINE_MODES, BaselineMode
 from mempo_verl.protocol import TagSet
 from mempo_verl.rewards import ANSWER_NORMALIZATIONS, REWARD_MODES, AnswerNormalization, RewardMode
@@ -215,6 +216,11 @@ class CreditConfig:
     trajectory weighs the same; ``advantage.LossNormalization`` says how; needs
     ``actor_rollout_ref.actor.loss_agg_mode=token-mean``, checked by ``check_verl_config``). The paper recipe
     (``recipes/base/mempo_paper.yaml``) selects ``trajectory_mean``."""
+    memory_noise_floor: float = MEMORY_NOISE_FLOOR
+    """ρ, the relative scoring-noise floor of A^M's z-score: A^M = (R^M − mean) / (max(std, σ_min) + ε) with
+    σ_min = ρ · mean_group sqrt(P[ans | q, mem_t]² + ε_t²), so R^M spreads at the level of the scoring noise give
+    A^M ≈ 0 instead of unit advantages. Default ``advantage.MEMORY_NOISE_FLOOR`` = 0.02 (ours, from the fp32/bf16
+    measurement described there; the paper is silent); 0 = the plain z-score; any finite number >= 0."""
 
     def __post_init__(self) -> None:
         alpha = self.alpha
@@ -224,6 +230,9 @@ class CreditConfig:
         _check_choice("mempo.credit.baseline", self.baseline, BASELINE_MODES)
         _check_choice("mempo.credit.scorer", self.scorer, SCORERS)
         _check_choice("mempo.credit.loss_normalization", self.loss_normalization, get_args(LossNormalization))
+        floor = self.memory_noise_floor
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
+            _fail("mempo.credit.memory_noise_floor", floor, "a finite number >= 0")
 
 
 MiniBatching = Literal["prompts", "rows"]

@@ -516,6 +516,12 @@ class MemoryCredit:
     has_memory: torch.Tensor
     """(B,) bool."""
 
+    @property
+    def noise_scale(self) -> torch.Tensor:
+        """(B,) sqrt(P[ans | q, mem_t]² + ε_t²): rounding moves each probability by a fraction of itself, so the
+        scoring noise of R^M (Eq. 5, a difference of two) scales with this (``advantage.MEMORY_NOISE_FLOOR``)."""
+        return torch.sqrt(self.p_memory**2 + self.p_baseline**2)
+
 
 def memory_credit_from_probabilities(
     plan: MemoryCreditPlan, answer_probability: torch.Tensor, num_rows: int

@@ -45,7 +45,7 @@ from verl.utils.py_functional import rename_dict
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from mempo_verl.advantage import compute_mempo_advantage, memory_advantage
+from mempo_verl.advantage import compute_mempo_advantage, memory_advantage, memory_group_stats
 from mempo_verl.config import MemPOConfig, check_verl_config
 from mempo_verl.memory_credit import (
     MemoryCredit,
@@ -335,27 +335,32 @@ class MemPOTrainer(PPOTrainerSync):
         response_mask = proto.batch["response_mask"]
         response_lengths = nested_response_mask.offsets().diff().tolist()
         memory_mask = memory_token_mask(segments, response_lengths, response_mask.shape[1])
+        uids, turn_index = list(proto.non_tensor_batch["uid"]), [0 if s is None else s.segment_index for s in segments]
         advantages, returns = compute_mempo_advantage(
             token_level_rewards=proto.batch["token_level_rewards"],
             response_mask=response_mask,
             index=proto.non_tensor_batch["uid"],
             session_index=sessions,
-            turn_index=[0 if s is None else s.segment_index for s in segments],
+            turn_index=turn_index,
             memory_mask=memory_mask,
             memory_rewards=credit.memory_reward,
             has_memory=credit.has_memory,
             alpha=self.mempo.credit.alpha,
             memory_grouping=self.mempo.credit.grouping,
             loss_normalization=self.mempo.credit.loss_normalization,
+            memory_noise_scale=credit.noise_scale,
+            memory_noise_floor=self.mempo.credit.memory_noise_floor,
             norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
         )
         proto.batch["advantages"], proto.batch["returns"] = advantages, returns
         metrics.update(episode_metrics(segments, proto.batch["token_level_scores"].sum(dim=-1)))
-        memory_adv = memory_advantage(
-            credit.memory_reward, credit.has_memory, list(proto.non_tensor_batch["uid"]),
-            [0 if s is None else s.segment_index for s in segments], self.mempo.credit.grouping,
-        )  # fmt: skip
-        metrics.update(credit_metrics(credit, memory_adv, advantages, memory_mask, response_mask))
+        groups = (credit.memory_reward, credit.has_memory, uids, turn_index, self.mempo.credit.grouping)
+        noise = {"noise_scale": credit.noise_scale, "noise_floor": self.mempo.credit.memory_noise_floor}
+        memory_adv = memory_advantage(*groups, **noise)
+        group_std, group_floor = memory_group_stats(*groups, **noise)
+        metrics.update(
+            credit_metrics(credit, memory_adv, advantages, memory_mask, response_mask, group_std, group_floor)
+        )
         if self.mempo.run.credit_dump_dir:
             dump_credit(
                 Path(self.mempo.run.credit_dump_dir) / f"credit_step{self.global_steps}.jsonl",

@@ -90,6 +90,8 @@ def test_dataclasses_are_frozen():
         ({"grouping": "prompt"}, r"mempo.credit.grouping='prompt' is invalid; allowed: group, per_turn, batch"),
         ({"baseline": "full"}, r"mempo.credit.baseline='full' is invalid; allowed: prefix, question, none"),
         ({"scorer": "critic"}, r"mempo.credit.scorer='critic' is invalid; allowed: actor, ref"),
+        ({"memory_noise_floor": -0.1}, r"mempo.credit.memory_noise_floor=-0.1 is invalid; allowed: a finite number"),
+        ({"memory_noise_floor": float("inf")}, r"mempo.credit.memory_noise_floor=inf"),
     ],
 )
 def test_credit_section_validated(credit, message):

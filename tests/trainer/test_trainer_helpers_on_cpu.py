@@ -160,6 +160,12 @@ def test_scoring_row_has_the_fields_verl_actor_reads(tokenizer):
     assert row["position_ids"].tolist() == list(range(len(sequence.input_ids)))
 
 
+def test_noise_scale_is_the_size_of_two_independently_rounded_probabilities():
+    credit = _credit([0.1, float("nan")], [0.4, float("nan")], [0.3, float("nan")], [True, False])
+    # sqrt(0.4² + 0.3²) = 0.5
+    assert credit.noise_scale[0].item() == pytest.approx(0.5)
+
+
 def _credit(rewards, p_mem, p_base, has):
     return MemoryCredit(torch.tensor(rewards), torch.tensor(p_mem), torch.tensor(p_base), torch.tensor(has))
 
@@ -177,7 +183,15 @@ def test_episode_and_credit_metrics_by_hand():
     advantages = torch.tensor([[2.0, 2.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     memory_mask = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 0]])
     response_mask = torch.tensor([[1, 1, 1], [1, 1, 1], [0, 0, 0]])
-    out = credit_metrics(credit, torch.tensor([0.7, -0.7, 0.0]), advantages, memory_mask, response_mask)
+    group_std, group_floor = torch.tensor([0.28, 0.001]), torch.tensor([0.01, 0.005])  # group 2 is under its floor
+    out = credit_metrics(
+        credit, torch.tensor([0.7, -0.7, 0.0]), advantages, memory_mask, response_mask, group_std, group_floor
+    )
+    assert out["mempo/reward_M/group_std/mean"] == pytest.approx(0.1405)  # (0.28 + 0.001) / 2
+    assert out["mempo/reward_M/group_std/min"] == pytest.approx(0.001)
+    assert out["mempo/reward_M/group_std/max"] == pytest.approx(0.28)
+    assert out["mempo/adv_M/noise_floor/mean"] == pytest.approx(0.0075)  # (0.01 + 0.005) / 2
+    assert out["mempo/adv_M/floored_groups"] == 0.5  # 1 of 2 groups under its σ_min
     assert out["mempo/reward_M/mean"] == pytest.approx(0.0)
     assert out["mempo/p_ans_mem/mean"] == pytest.approx(0.4) and out["mempo/epsilon/mean"] == pytest.approx(0.4)
     assert out["mempo/memory_credit/coverage"] == pytest.approx(2 / 3)
