@@ -12,13 +12,16 @@ Notation:
     R^T_i      trajectory reward of session i (read from its final segment)
     A^T_i      = (R^T_i - mean_{j ∈ prompt(i)} R^T_j) / (std_{j ∈ prompt(i)} R^T_j + ε)      GRPO z-score
     R^M_{i,t}  = P[ans | q, mem_t] - P[ans | q, s_<t]                                      Eq. 4–5, memory_credit.py
-    A^M_{i,t}  = (R^M_{i,t} - mean_group R^M) / (std_group R^M + ε)                         z-score within a group
+    A^M_{i,t}  = (R^M_{i,t} - mean_group R^M) / (max(std_group R^M, σ_min) + ε)             z-score within a group
+    σ_min      = ρ · mean_group sqrt(P[ans | q, mem_t]² + ε_t²)                             scoring-noise floor
     A_{i,t,k}  = A^T_i + α · 1[k ∈ <mem> span of segment (i, t)] · A^M_{i,t}                Eq. 9
 
 A^T follows verl 0.9.1's GRPO arithmetic exactly (`core_algos.compute_grpo_outcome_advantage`, unbiased std, a
 prompt with a single session keeps its raw reward), so that α = 0 reproduces verl's multi-output GRPO
 (`verl.trainer.ppo.v1.utils.compute_advantage_for_multi_trajectories`). A^M groups of one member, or whose
-R^M values are all equal, give A^M = 0: there is nothing to compare the memory against.
+R^M values are all equal, give A^M = 0: there is nothing to compare the memory against; groups whose R^M spread
+is below the scoring-noise floor σ_min (ρ = ``MEMORY_NOISE_FLOOR``) get A^M ≈ 0 as well, instead of unit
+advantages made of rounding noise.
 """
 
 from __future__ import annotations
@@ -48,6 +51,27 @@ trajectory_mean  Eq. 10: L = 1/S Σ_i 1/|τ_i| Σ_{t ∈ τ_i} ℓ_t, each traje
                  mini-batch, the expected weighting when verl splits the step into several
 """
 
+MEMORY_NOISE_FLOOR = 0.02
+"""ρ, the default relative noise floor of A^M's z-score (``mempo.credit.memory_noise_floor``): a group's R^M std is
+floored at σ_min = ρ · mean_group sqrt(P_mem² + ε²), P_mem = P[ans | q, mem_t], ε = ε_t (Eq. 5).
+
+Why: each P (Eq. 4) comes from one forward pass, and rounding moves it by a small fraction of itself; a z-score
+turns any spread, however small, into advantages of unit size (R^M = [0.3, 0.30001, 0.29999, 0.3] gave
+A^M = [0, +1.09, -1.09, 0] with ε = 1e-6 alone). Below the floor the z-score divides by σ_min instead, so spreads
+at the level of the scoring noise give |A^M| ≲ spread / σ_min ≈ 0. The noise of R^M = P_mem − ε is that of two
+independently rounded probabilities, r · sqrt(P_mem² + ε²) for a relative error r, hence a floor relative to that
+scale: it holds for a tiny model whose P are 1e-3 as for a 7B whose P are 0.5.
+
+Measured (2026-12, this repository, CPU): the format-tuned tiny Qwen2 (``testing.warm_start``, 2 layers) scored 160
+memory-credit sequences (16 shipped QA rows × 2 answers × the question and 4 memories, ≈ 357 tokens, search tool
+schema in the system turn) in fp32 and in bf16 weights (log-softmax in fp32 over the logits, as verl's actor).
+|P_bf16 − P_fp32| / P: median 1.1 %, 90th percentile 2.5 %, max 4.7 %. Per group of 4 R^M (t = 1, shared ε),
+std(R^M_bf16 − R^M_fp32) / mean sqrt(P_mem² + ε²): median 1.0 %, 90th percentile 1.4 %, max 1.65 %; the real
+spread of those groups, std(R^M) / the same scale, was 3.6 % / 6.3 % / 14 % (10th / 50th / 90th percentile).
+ρ = 2 % sits just above the largest bf16 noise seen and below the real spreads. Not measured: deeper models (more
+layers accumulate more rounding), and vLLM scoring (``scorer: rollout``), whose kernels differ from the actor's.
+"""
+
 _GROUP_KEY: dict[str, Callable[[Hashable, int], Hashable]] = {
     "group": lambda prompt, turn: prompt,
     "per_turn": lambda prompt, turn: (prompt, turn),
@@ -70,27 +94,41 @@ def _check_rows(name: str, value: Sequence | torch.Tensor | np.ndarray, num_rows
         raise ValueError(f"{name} has {len(value)} entries, expected one per row ({num_rows})")
 
 
-def group_zscore(values: torch.Tensor, group_keys: Sequence[Hashable], epsilon: float = 1e-6) -> torch.Tensor:
-    """Z-score each value within its group: (v - mean_g) / (std_g + ε), unbiased std.
+def group_members(group_keys: Sequence[Hashable]) -> dict[Hashable, list[int]]:
+    """`{key: rows}`: the positions of each group's members, groups in order of first appearance."""
+    members: dict[Hashable, list[int]] = {}
+    for row, key in enumerate(group_keys):
+        members.setdefault(key, []).append(row)
+    return members
+
+
+def group_zscore(
+    values: torch.Tensor,
+    group_keys: Sequence[Hashable],
+    epsilon: float = 1e-6,
+    std_floor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Z-score each value within its group: (v - mean_g) / (max(std_g, σ_min,g) + ε), unbiased std.
 
     Args:
         values: `(N,)` float scores.
         group_keys: `(N,)` hashable group of each score.
         epsilon: guards the division when a group's scores are (nearly) equal.
+        std_floor: `(N,)` each value's share of its group's floor: σ_min,g is the mean over the group's members.
+            None: no floor. A group whose std is below σ_min,g is divided by σ_min,g, so its z-scores shrink to 0.
 
     Returns:
         `(N,)` z-scores; groups with one member or equal values get 0 (no contrast to learn from).
     """
     _check_rows("group_keys", group_keys, len(values))
+    floors = torch.zeros_like(values) if std_floor is None else std_floor.to(values.dtype)
+    _check_rows("std_floor", floors, len(values))
     advantages = torch.zeros_like(values)
-    members: dict[Hashable, list[int]] = {}
-    for row, key in enumerate(group_keys):
-        members.setdefault(key, []).append(row)
-    for rows in members.values():
+    for rows in group_members(group_keys).values():
         if len(rows) < 2:
             continue  # a single member has no group to be compared with
         group = values[rows]
-        advantages[rows] = (group - group.mean()) / (group.std() + epsilon)
+        advantages[rows] = (group - group.mean()) / (torch.maximum(group.std(), floors[rows].mean()) + epsilon)
     return advantages
 
 
@@ -115,14 +153,39 @@ def trajectory_advantage(
     _check_rows("prompt_index", prompt_index, len(session_rewards))
     _check_finite(session_rewards, "trajectory reward")
     advantages = session_rewards.clone()
-    members: dict[Hashable, list[int]] = {}
-    for session, prompt in enumerate(prompt_index):
-        members.setdefault(prompt, []).append(session)
-    for sessions in members.values():
+    for sessions in group_members(prompt_index).values():
         rewards = session_rewards[sessions]
         mean, std = (rewards.mean(), rewards.std()) if len(sessions) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
         advantages[sessions] = (rewards - mean) / (std + epsilon) if norm_by_std else rewards - mean
     return advantages
+
+
+def _memory_groups(
+    memory_rewards: torch.Tensor,
+    has_memory: torch.Tensor,
+    prompt_index: Sequence[Hashable],
+    turn_index: Sequence[int],
+    grouping: MemoryGrouping,
+) -> tuple[list[int], list[Hashable]]:
+    """The rows with an R^M and each one's A^M group key; checks the inputs (shapes, grouping, finite R^M)."""
+    if grouping not in _GROUP_KEY:
+        raise ValueError(f"memory grouping {grouping!r} is not one of {list(get_args(MemoryGrouping))}")
+    num_rows = len(memory_rewards)
+    for name, value in (("has_memory", has_memory), ("prompt_index", prompt_index), ("turn_index", turn_index)):
+        _check_rows(name, value, num_rows)
+    has_memory = has_memory.bool()
+    _check_finite(memory_rewards, "memory reward R^M", rows=has_memory)
+    rows = torch.nonzero(has_memory).flatten().tolist()
+    return rows, [_GROUP_KEY[grouping](prompt_index[row], int(turn_index[row])) for row in rows]
+
+
+def _noise_floors(noise_scale: torch.Tensor | None, noise_floor: float, rows: list[int], num_rows: int) -> torch.Tensor:
+    """`(len(rows),)` ρ · sqrt(P_mem² + ε²) of the rows with an R^M; without the scale, ρ (a scale of 1, P ≤ 1)."""
+    if noise_scale is None:
+        return torch.full((len(rows),), float(noise_floor))
+    _check_rows("noise_scale", noise_scale, num_rows)
+    _check_finite(noise_scale[rows], "noise scale")
+    return noise_floor * noise_scale[rows].float()
 
 
 def memory_advantage(
@@ -132,8 +195,10 @@ def memory_advantage(
     turn_index: Sequence[int],
     grouping: MemoryGrouping = "group",
     epsilon: float = 1e-6,
+    noise_scale: torch.Tensor | None = None,
+    noise_floor: float = MEMORY_NOISE_FLOOR,
 ) -> torch.Tensor:
-    """A^M: z-score of each segment's memory reward R^M within its group.
+    """A^M: z-score of each segment's memory reward R^M within its group, its std floored at the scoring noise.
 
     Args:
         memory_rewards: `(B,)` R^M per segment; ignored (may be NaN) where `has_memory` is False.
@@ -142,25 +207,48 @@ def memory_advantage(
         turn_index: `(B,)` turn of each segment inside its session (0-based).
         grouping: which segments are compared, see `MemoryGrouping`.
         epsilon: std guard.
+        noise_scale: `(B,)` sqrt(P_mem² + ε²) per segment (`MemoryCredit.noise_scale`), read where `has_memory`.
+            None: 1 for every segment, an absolute floor of ρ.
+        noise_floor: ρ, see `MEMORY_NOISE_FLOOR`; 0 is the plain z-score.
 
     Returns:
         `(B,)` A^M; 0 for segments without memory (no `<mem>` → A^T only), for single-member groups and for groups
-        whose R^M are all equal.
+        whose R^M are all equal; ≈ 0 for groups whose R^M spread is below σ_min (scoring noise).
     """
-    if grouping not in _GROUP_KEY:
-        raise ValueError(f"memory grouping {grouping!r} is not one of {list(get_args(MemoryGrouping))}")
-    num_rows = len(memory_rewards)
-    for name, value in (("has_memory", has_memory), ("prompt_index", prompt_index), ("turn_index", turn_index)):
-        _check_rows(name, value, num_rows)
-    has_memory = has_memory.bool()
-    _check_finite(memory_rewards, "memory reward R^M", rows=has_memory)
-
-    rows = torch.nonzero(has_memory).flatten().tolist()
-    keys = [_GROUP_KEY[grouping](prompt_index[row], int(turn_index[row])) for row in rows]
-    advantages = torch.zeros(num_rows, dtype=torch.float32)
+    rows, keys = _memory_groups(memory_rewards, has_memory, prompt_index, turn_index, grouping)
+    advantages = torch.zeros(len(memory_rewards), dtype=torch.float32)
     if rows:
-        advantages[rows] = group_zscore(memory_rewards[rows].float(), keys, epsilon)
+        floors = _noise_floors(noise_scale, noise_floor, rows, len(memory_rewards))
+        advantages[rows] = group_zscore(memory_rewards[rows].float(), keys, epsilon, floors)
     return advantages
+
+
+def memory_group_stats(
+    memory_rewards: torch.Tensor,
+    has_memory: torch.Tensor,
+    prompt_index: Sequence[Hashable],
+    turn_index: Sequence[int],
+    grouping: MemoryGrouping = "group",
+    noise_scale: torch.Tensor | None = None,
+    noise_floor: float = MEMORY_NOISE_FLOOR,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per A^M group of two or more members: the unbiased std of its R^M and its floor σ_min (what
+    `memory_advantage` compares), for the step metrics.
+
+    Args:
+        memory_rewards, has_memory, prompt_index, turn_index, grouping, noise_scale, noise_floor: as
+            `memory_advantage`.
+
+    Returns:
+        `(std, floor)`, both `(G,)`, groups in order of first appearance.
+    """
+    rows, keys = _memory_groups(memory_rewards, has_memory, prompt_index, turn_index, grouping)
+    values = memory_rewards[rows].float()
+    floors = _noise_floors(noise_scale, noise_floor, rows, len(memory_rewards))
+    groups = [members for members in group_members(keys).values() if len(members) > 1]
+    if not groups:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.stack([values[g].std() for g in groups]), torch.stack([floors[g].mean() for g in groups])
 
 
 def token_advantages(
@@ -196,8 +284,8 @@ def token_advantages(
 
 
 def trajectory_mean_weights(session_index: Sequence[Hashable], response_mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 10 as per-row advantage scales: N / (S · |τ_i|), N generated tokens of the batch, S sessions, |τ_i| the
-    generated tokens of row's session over all its segments.
+    """Eq. 10 as per-row advantage scales: N / (S · |τ_i|), N generated tokens of the batch, S sessions with at least
+    one generated token, |τ_i| the generated tokens of row's session over all its segments.
 
     Args:
         session_index: `(B,)` session of each row.
@@ -205,14 +293,17 @@ def trajectory_mean_weights(session_index: Sequence[Hashable], response_mask: to
 
     Returns:
         `(B,)` weights; their token-weighted mean over the batch is 1, so the loss scale matches `token_mean`.
+        Rows of a session without generated tokens (verl's synthetic padding sessions, `is_padding`) get 0.
     """
     _check_rows("session_index", session_index, response_mask.shape[0])
     row_tokens = response_mask.sum(dim=-1).float()  # (B,)
     session_tokens: dict[Hashable, float] = {}
     for session, tokens in zip(session_index, row_tokens.tolist(), strict=True):
         session_tokens[session] = session_tokens.get(session, 0.0) + tokens
-    total_tokens, num_sessions = row_tokens.sum().item(), len(session_tokens)
-    # a session with no generated token contributes nothing to the loss: its weight is irrelevant, keep it finite
+    # a session with no generated token is not a trajectory of Eq. 10 (verl pads the batch with such sessions):
+    # counting it in S would shrink every real trajectory's weight
+    num_sessions = sum(tokens > 0 for tokens in session_tokens.values())
+    total_tokens = row_tokens.sum().item()
     return torch.tensor(
         [total_tokens / (num_sessions * session_tokens[s]) if session_tokens[s] > 0 else 0.0 for s in session_index]
     )
@@ -244,6 +335,8 @@ def compute_mempo_advantage(
     norm_adv_by_std_in_grpo: bool = True,
     epsilon: float = 1e-6,
     loss_normalization: LossNormalization = "token_mean",
+    memory_noise_scale: torch.Tensor | None = None,
+    memory_noise_floor: float = MEMORY_NOISE_FLOOR,
     **unused: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MemPO advantage for a batch of segments, registered with verl as `"mempo"`.
@@ -267,6 +360,8 @@ def compute_mempo_advantage(
         norm_adv_by_std_in_grpo: GRPO std normalisation of A^T (False: Dr.GRPO).
         epsilon: std guard for both z-scores.
         loss_normalization: see `LossNormalization`; `trajectory_mean` scales each row by Eq. 10's weight.
+        memory_noise_scale: `(B,)` sqrt(P_mem² + ε²) per segment (`MemoryCredit.noise_scale`); None: 1.
+        memory_noise_floor: ρ of A^M's noise floor σ_min = ρ · mean_group scale, see `MEMORY_NOISE_FLOOR`.
 
     Returns:
         `(advantages, returns)`, both `(B, T)` (returns = advantages, as verl's GRPO).
@@ -304,8 +399,9 @@ def compute_mempo_advantage(
             if has_memory is None:
                 has_memory = (memory_mask * response_mask).sum(dim=-1) > 0
             segment_mem_adv = memory_advantage(
-                memory_rewards, has_memory, list(index), turn_index, memory_grouping, epsilon
-            ).to(segment_traj_adv.dtype)
+                memory_rewards, has_memory, list(index), turn_index, memory_grouping, epsilon,
+                memory_noise_scale, memory_noise_floor,
+            ).to(segment_traj_adv.dtype)  # fmt: skip
 
         # 4. Eq. 9
         advantages = token_advantages(segment_traj_adv, segment_mem_adv, memory_mask, response_mask, alpha)

@@ -431,6 +431,8 @@ class MemPOAgentLoop(AgentLoopBase):
             gold_answer=state.gold_answer,
             reward_mode=state.reward_mode,
             is_last=is_last,
+            answer_normalization=self.mempo.reward.normalization,
+            tool_schemas=tuple(self.tool_schemas),
             **final,
         )
 

@@ -7,8 +7,9 @@ The section sits at the top level of verl's composed config, next to ``actor_rol
       agent:   {max_turns: 16}
       context: {policy: memory, retain_turns: 1, keep_think: false, keep_call: false, memory_token_budget: 512}
       env:     {name: search_qa, kwargs: {topk: 3}, tool_timeout_s: 60}
-      reward:  {mode: all_em, source: reward_function}
-      credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, loss_normalization: token_mean}
+      reward:  {mode: all_em, source: reward_function, normalization: squad}
+      credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, loss_normalization: token_mean,
+                memory_noise_floor: 0.02}
       update:  {mini_batch: prompts}
       run:     {timeout_s: 0, credit_dump_dir: null}
       tags:    {mem: mem, think: think, tool_call: tool_call, answer: answer, information: information}
@@ -30,10 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from mempo_verl.advantage import LossNormalization, MemoryGrouping
+from verl.trainer.ppo.utils import need_reference_policy
+
+from mempo_verl.advantage import MEMORY_NOISE_FLOOR, LossNormalization, MemoryGrouping
 from mempo_verl.memory_credit import BASELINE_MODES, BaselineMode
 from mempo_verl.protocol import TagSet
-from mempo_verl.rewards import REWARD_MODES, RewardMode
+from mempo_verl.rewards import ANSWER_NORMALIZATIONS, REWARD_MODES, AnswerNormalization, RewardMode
 
 ContextPolicyName = Literal["memory", "full", "mem1"]
 """Which earlier turns a new turn sees (``mempo_verl/context.py``):
@@ -174,10 +177,17 @@ class RewardConfig:
     ``all_em`` (paper); ``em_mean``, ``f1_mean``, ``em_sum`` (MEM1)."""
     source: RewardSource = "reward_function"
     """One of ``REWARD_SOURCES``. Default ``reward_function``."""
+    normalization: AnswerNormalization = "squad"
+    """Answer normalisation of the reward function's EM / F1 (R^T and the reward metrics), written into the last
+    segment: ``squad`` (the official SQuAD v1.1 rules, so figures compare with MEM1 / Search-R1 / MemPO; default,
+    DESIGN §3 "answer matching") or ``unicode`` (accents and Unicode punctuation folded too;
+    ``rewards.AnswerNormalization``). The built-in environments' ``score`` (``source: environment``, ``mempo-eval``)
+    take their own ``normalization`` keyword (``mempo.env.kwargs``), default ``squad`` as well."""
 
     def __post_init__(self) -> None:
         _check_choice("mempo.reward.mode", self.mode, REWARD_MODES)
         _check_choice("mempo.reward.source", self.source, REWARD_SOURCES)
+        _check_choice("mempo.reward.normalization", self.normalization, ANSWER_NORMALIZATIONS)
 
 
 ScorerName = Literal["actor", "ref"]
@@ -199,10 +209,18 @@ class CreditConfig:
     baseline: BaselineMode = "prefix"
     """ε_t of Eq. 5: ``prefix`` (full uncompressed history s_<t; default), ``question`` (P[ans | q]), ``none``."""
     scorer: ScorerName = "actor"
-    """Policy that scores P[ans | ctx]: ``actor`` (default) or ``ref``."""
+    """Policy that scores P[ans | ctx]: ``actor`` (default) or ``ref`` (needs verl's reference policy: a KL term or a
+    LoRA actor; ``check_verl_config`` refuses it otherwise)."""
     loss_normalization: LossNormalization = "token_mean"
     """Token weighting of the PPO loss: ``token_mean`` (verl's, default) or ``trajectory_mean`` (Eq. 10, every
-    trajectory weighs the same; ``advantage.LossNormalization`` says how)."""
+    trajectory weighs the same; ``advantage.LossNormalization`` says how; needs
+    ``actor_rollout_ref.actor.loss_agg_mode=token-mean``, checked by ``check_verl_config``). The paper recipe
+    (``recipes/base/mempo_paper.yaml``) selects ``trajectory_mean``."""
+    memory_noise_floor: float = MEMORY_NOISE_FLOOR
+    """ρ, the relative scoring-noise floor of A^M's z-score: A^M = (R^M − mean) / (max(std, σ_min) + ε) with
+    σ_min = ρ · mean_group sqrt(P[ans | q, mem_t]² + ε_t²), so R^M spreads at the level of the scoring noise give
+    A^M ≈ 0 instead of unit advantages. Default ``advantage.MEMORY_NOISE_FLOOR`` = 0.02 (ours, from the fp32/bf16
+    measurement described there; the paper is silent); 0 = the plain z-score; any finite number >= 0."""
 
     def __post_init__(self) -> None:
         alpha = self.alpha
@@ -212,6 +230,9 @@ class CreditConfig:
         _check_choice("mempo.credit.baseline", self.baseline, BASELINE_MODES)
         _check_choice("mempo.credit.scorer", self.scorer, SCORERS)
         _check_choice("mempo.credit.loss_normalization", self.loss_normalization, get_args(LossNormalization))
+        floor = self.memory_noise_floor
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
+            _fail("mempo.credit.memory_noise_floor", floor, "a finite number >= 0")
 
 
 MiniBatching = Literal["prompts", "rows"]
@@ -231,7 +252,8 @@ class UpdateConfig:
     """How a step's rows become optimizer updates (``mempo.update``)."""
 
     mini_batch: MiniBatching = "prompts"
-    """What ``ppo_mini_batch_size`` counts: ``prompts`` (default) or ``rows`` (verl's); see ``MiniBatching``."""
+    """What ``ppo_mini_batch_size`` counts: ``prompts`` (default) or ``rows`` (verl's); see ``MiniBatching``.
+    ``prompts`` refuses ``trainer.v1.mempo.parameter_sync_step`` > 1 (``check_verl_config``)."""
 
     def __post_init__(self) -> None:
         _check_choice("mempo.update.mini_batch", self.mini_batch, MINI_BATCHINGS)
@@ -290,6 +312,65 @@ def _to_plain(config: Any) -> dict[str, Any]:
     if not isinstance(config, Mapping):
         raise TypeError(f"mempo config must be a mapping, got {type(config).__name__}: {config!r}")
     return dict(config)
+
+
+def check_verl_config(mempo: MemPOConfig, config: Any) -> None:
+    """Cross-checks of the ``mempo:`` section against verl's own keys of the composed config, run at start
+    (``main.validate`` before Ray starts, and ``MemPOTrainer.__init__`` for any other launcher).
+
+    Args:
+        mempo: the validated ``mempo:`` section.
+        config: verl's composed config (``DictConfig``): ``algorithm``, ``trainer``, ``actor_rollout_ref``, ...
+
+    Raises:
+        ValueError: naming every key involved and what to set.
+    """
+    trainer_mode = config.trainer.v1.get("trainer_mode")
+    estimator = config.algorithm.adv_estimator
+    # 1. the MemPO advantage needs the MemPO trainer and the reverse: verl's other trainers apply a non-GRPO
+    #    estimator row by row (every segment its own session, no A^M), and the MemPO trainer ignores the name
+    if (trainer_mode == "mempo") != (estimator == "mempo"):
+        raise ValueError(
+            f"algorithm.adv_estimator={estimator!r} with trainer.v1.trainer_mode={trainer_mode!r}: MemPO needs both "
+            "set to mempo (its trainer computes A^T over sessions and A^M on <mem> tokens; any other trainer would "
+            "train GRPO over segments without memory credit), or neither"
+        )
+    if trainer_mode != "mempo":
+        return
+    # 2. Eq. 10 is realised as advantage scales under verl's token-mean (advantage.LossNormalization): another
+    #    aggregation would weigh the scaled tokens again
+    loss_agg_mode = config.actor_rollout_ref.actor.get("loss_agg_mode")
+    if mempo.credit.loss_normalization == "trajectory_mean" and loss_agg_mode != "token-mean":
+        raise ValueError(
+            f"mempo.credit.loss_normalization=trajectory_mean needs actor_rollout_ref.actor.loss_agg_mode=token-mean "
+            f"(got {loss_agg_mode!r}): Eq. 10's per-trajectory weights are applied to the advantages and assume verl's "
+            "token mean; set it, or mempo.credit.loss_normalization=token_mean"
+        )
+    # 3. scorer=ref scores through the reference policy, which verl builds only for a KL term (or inside a LoRA actor)
+    if mempo.credit.scorer == "ref" and mempo.credit.alpha != 0 and not _has_reference_policy(config):
+        raise ValueError(
+            "mempo.credit.scorer=ref needs a reference policy, and verl builds one only with "
+            "actor_rollout_ref.actor.use_kl_loss=true or algorithm.use_kl_in_reward=true (or a LoRA actor, "
+            "actor_rollout_ref.model.lora.rank > 0): set one of them, or mempo.credit.scorer=actor"
+        )
+    # 4. verl repeats the step's sample-and-update parameter_sync_step times (trainer_base.py `step`), and each
+    #    repetition makes the K updates sized for the whole train batch (mempo.update.mini_batch=prompts)
+    sync_step = config.trainer.v1.get("mempo", {}).get("parameter_sync_step", 1)
+    if mempo.update.mini_batch == "prompts" and sync_step != 1:
+        raise ValueError(
+            f"trainer.v1.mempo.parameter_sync_step={sync_step!r} with mempo.update.mini_batch=prompts would make "
+            f"{sync_step} x the train_batch_size / ppo_mini_batch_size updates per step; remove it (or set it to 1)"
+        )
+
+
+def _has_reference_policy(config: Any) -> bool:
+    """Whether verl 0.9.1 gives the trainer a reference policy: a KL term (`ppo/utils.py` `need_reference_policy`) or
+    a LoRA actor whose base weights serve as the reference (`trainer_base.py:234-237`, `ref_in_actor`)."""
+    model = config.actor_rollout_ref.model
+    lora_rank = model.get("lora", {}).get("rank", 0) or 0
+    if lora_rank <= 0:
+        lora_rank = model.get("lora_rank", 0) or 0
+    return need_reference_policy(config) or lora_rank > 0 or model.get("lora_adapter_path") is not None
 
 
 def _build(cls: type, values: Mapping[str, Any], path: str) -> Any:

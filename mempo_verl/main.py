@@ -3,8 +3,8 @@
 A recipe (recipes/*.yaml) is verl's `ppo_trainer` config (Hydra searchpath `pkg://verl.trainer.config`) plus a
 `mempo:` section. This module:
 
-1. checks the environment (`mempo-doctor`'s checks) and validates the `mempo:` section before anything starts,
-   failing with the key, the value and the allowed set;
+1. checks the environment (`mempo-doctor`'s checks), validates the `mempo:` section and its agreement with verl's
+   keys (`config.check_verl_config`) before anything starts, failing with the keys, the value and the allowed set;
 2. runs verl's own V1 path (`verl.trainer.main_ppo.run_ppo` with `TaskRunnerV1`), which picks `MemPOTrainer`
    through `trainer.v1.trainer_mode=mempo` and the `mempo_agent` loop through the rows' `agent_name`;
 3. with `mempo.run.timeout_s > 0` (or `MEMPO_TIMEOUT_S`), runs step 2 in a child process under the watchdog: a hang
@@ -88,16 +88,11 @@ def register_resolvers() -> None:
 
 def validate(config: DictConfig) -> None:
     """Fail fast, before Ray starts: a broken install, an unregistered name or a bad `mempo:` value."""
-    from mempo_verl.config import MemPOConfig
+    from mempo_verl.config import MemPOConfig, check_verl_config
     from mempo_verl.doctor import require_ready
 
     require_ready()
-    MemPOConfig.from_config(config.get("mempo"))
-    if config.trainer.v1.get("trainer_mode") == "mempo" and config.algorithm.adv_estimator != "mempo":
-        raise ValueError(
-            f"trainer.v1.trainer_mode=mempo computes the MemPO advantage itself; set algorithm.adv_estimator=mempo "
-            f"(got {config.algorithm.adv_estimator!r}) so that logs and checkpoints name what ran"
-        )
+    check_verl_config(MemPOConfig.from_config(config.get("mempo")), config)
 
 
 def train(config: DictConfig) -> None:

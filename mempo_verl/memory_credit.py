@@ -88,7 +88,8 @@ def question_scoring_messages(task_prompt: str, question: str) -> list[Message]:
 def memory_scoring_messages(task_prompt: str, question: str, memory: str, tags: TagSet = DEFAULT_TAGS) -> list[Message]:
     """Context of P[ans | q, mem_t] (Eq. 5, first term): the question, then ``<mem>{memory}</mem>``.
 
-    ``memory`` is the content of the turn's ``<mem>`` block (``Turn.mem``); a turn without one has no R^M
+    ``memory`` is the content of the turn's ``<mem>`` block as later contexts show it (cut to its token budget,
+    ``TurnRecord.memory_in_context``), so R^M credits what the policy will read; a turn without one has no R^M
     (DESIGN §3), so it never reaches here. It is model output and may hold stray tags (a malformed turn's
     ``<mem>`` can contain ``<tool_call>``): it is wrapped verbatim, as the model wrote it, since the scoring
     context is read by the model, never parsed back (``render_block`` would refuse it).
@@ -398,12 +399,16 @@ class SegmentTurn:
     observation: str | None
     """The environment's reply to the turn, unwrapped, or None."""
     memory: str | None
-    """The turn's ``<mem>`` content; None: no ``<mem>``, so no R^M (DESIGN §3: the segment gets A^T only)."""
+    """The turn's ``<mem>`` content as later turns see it (``TurnRecord.memory_in_context``: cut to
+    ``mempo.context.memory_token_budget``); None: no ``<mem>``, so no R^M (DESIGN §3: the segment gets A^T only)."""
     task_prompt: str
     question: str
     """The question(s) as shown to the model."""
     gold_answer: str | None
     """The gold answer text; None: nothing to teacher-force, no R^M."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """The tool schemas the rollout's chat template received (``Segment.tool_schemas``): the scoring contexts pass
+    them too (the system turn lists them), so they open exactly as the rollout contexts did."""
 
 
 @dataclass(frozen=True)
@@ -423,12 +428,41 @@ class MemoryCreditPlan:
     """Per memory row: index of its ε_t sequence; None when ε_t = 0 (``baseline="none"``)."""
 
 
+def session_histories(rows: Sequence[SegmentTurn | None]) -> dict[Any, list[SegmentTurn]]:
+    """Each session's turns in turn order, checked complete: turn indices 0, 1, …, n-1, each once.
+
+    s_<t of the ``prefix`` baseline is rebuilt from the session's earlier rows, so a missing (or doubled) turn would
+    silently shorten (or repeat) the history. verl stores every output of a session in the same step, so a gap is
+    a bug upstream: it raises, naming the session and the turns it has.
+
+    Args:
+        rows: `(B,)` per batch row, or None for rows without memory credit (skipped).
+
+    Returns:
+        ``{session: [SegmentTurn, …]}`` sorted by ``turn_index``.
+    """
+    history: dict[Any, list[SegmentTurn]] = {}
+    for row in rows:
+        if row is not None:
+            history.setdefault(row.session, []).append(row)
+    for session, turns in history.items():
+        turns.sort(key=lambda turn: turn.turn_index)
+        indices = [turn.turn_index for turn in turns]
+        if indices != list(range(len(turns))):
+            missing = sorted(set(range(max(indices) + 1)) - set(indices))
+            doubled = sorted({index for index in indices if indices.count(index) > 1})
+            raise ValueError(
+                f"session {session!r} has turns {indices} (missing {missing}, doubled {doubled}): every turn of a "
+                "session must be in the batch once, or s_<t of its later turns would be wrong"
+            )
+    return history
+
+
 def plan_memory_credit(
     rows: Sequence[SegmentTurn | None],
     tokenizer: Any,
     baseline: BaselineMode = "prefix",
     tags: TagSet = DEFAULT_TAGS,
-    tools: Sequence[dict] | None = None,
 ) -> MemoryCreditPlan:
     """Build the scoring sequences of Eq. 5 for every row with a ``<mem>`` and a gold answer.
 
@@ -437,23 +471,18 @@ def plan_memory_credit(
         tokenizer: fast tokenizer of the policy.
         baseline: ε_t mode, see ``BaselineMode``.
         tags: tag names.
-        tools: the environment's tool schemas, passed to the chat template as at rollout (the system turn lists
-            them), so the scoring contexts open exactly as the rollout contexts did.
+
+    Each row's sequences are built with its own ``tools`` (``SegmentTurn.tools``), as at rollout.
     """
     if baseline not in _BASELINE_CONTEXTS:
         raise ValueError(f"baseline mode {baseline!r} is unknown; choose one of {list(_BASELINE_CONTEXTS)}")
-    history: dict[Any, list[SegmentTurn]] = {}
-    for row in rows:
-        if row is not None:
-            history.setdefault(row.session, []).append(row)
-    for turns in history.values():
-        turns.sort(key=lambda turn: turn.turn_index)
+    history = session_histories(rows)
 
     index_of: dict[tuple[int, ...], int] = {}
     sequences: list[ScoringSequence] = []
 
-    def add(messages: list[Message], answer: str) -> int:
-        sequence = build_scoring_sequence(tokenizer, messages, answer, tags, tools=tools)
+    def add(messages: list[Message], answer: str, tools: Sequence[dict[str, Any]]) -> int:
+        sequence = build_scoring_sequence(tokenizer, messages, answer, tags, tools=list(tools))
         if sequence.input_ids not in index_of:
             index_of[sequence.input_ids] = len(sequences)
             sequences.append(sequence)
@@ -466,9 +495,11 @@ def plan_memory_credit(
         earlier = [HistoryTurn(t.text, t.observation) for t in history[row.session] if t.turn_index < row.turn_index]
         memory_rows.append(row_index)
         memory_messages = memory_scoring_messages(row.task_prompt, row.question, row.memory, tags)
-        memory_sequence.append(add(memory_messages, row.gold_answer))
+        memory_sequence.append(add(memory_messages, row.gold_answer, row.tools))
         baseline_messages = baseline_scoring_messages(baseline, row.task_prompt, row.question, earlier, tags)
-        baseline_sequence.append(None if baseline_messages is None else add(baseline_messages, row.gold_answer))
+        baseline_sequence.append(
+            None if baseline_messages is None else add(baseline_messages, row.gold_answer, row.tools)
+        )
     return MemoryCreditPlan(tuple(sequences), tuple(memory_rows), tuple(memory_sequence), tuple(baseline_sequence))
 
 
@@ -484,6 +515,12 @@ class MemoryCredit:
     """(B,) ε_t."""
     has_memory: torch.Tensor
     """(B,) bool."""
+
+    @property
+    def noise_scale(self) -> torch.Tensor:
+        """(B,) sqrt(P[ans | q, mem_t]² + ε_t²): rounding moves each probability by a fraction of itself, so the
+        scoring noise of R^M (Eq. 5, a difference of two) scales with this (``advantage.MEMORY_NOISE_FLOOR``)."""
+        return torch.sqrt(self.p_memory**2 + self.p_baseline**2)
 
 
 def memory_credit_from_probabilities(

@@ -55,6 +55,8 @@ def credit_metrics(
     advantages: torch.Tensor,
     memory_mask: torch.Tensor,
     response_mask: torch.Tensor,
+    group_std: torch.Tensor,
+    group_floor: torch.Tensor,
 ) -> dict[str, float]:
     """Memory-credit and advantage statistics.
 
@@ -64,10 +66,19 @@ def credit_metrics(
         advantages: `(B, T)` final token advantages.
         memory_mask: `(B, T)` 1 inside `<mem>` spans.
         response_mask: `(B, T)` 1 on generated tokens.
+        group_std: `(G,)` std of R^M within each A^M group of two or more (`advantage.memory_group_stats`).
+        group_floor: `(G,)` each group's noise floor σ_min (`mempo.credit.memory_noise_floor` × its scale).
     """
     rows = credit.has_memory
     metrics: dict[str, float] = {"mempo/memory_credit/coverage": rows.float().mean().item() if len(rows) else 0.0}
     metrics.update(_mean_std("mempo/reward_M", credit.memory_reward[rows]))
+    if group_std.numel():
+        # the spread A^M's z-score divides by; groups under the floor get A^M shrunk by std / σ_min
+        metrics["mempo/reward_M/group_std/mean"] = group_std.mean().item()
+        metrics["mempo/reward_M/group_std/min"] = group_std.min().item()
+        metrics["mempo/reward_M/group_std/max"] = group_std.max().item()
+        metrics["mempo/adv_M/noise_floor/mean"] = group_floor.mean().item()
+        metrics["mempo/adv_M/floored_groups"] = (group_std < group_floor).float().mean().item()
     metrics.update(_mean_std("mempo/p_ans_mem", credit.p_memory[rows]))
     metrics.update(_mean_std("mempo/epsilon", credit.p_baseline[rows]))
     metrics.update(_mean_std("mempo/adv_M", memory_adv[rows]))

@@ -2,7 +2,8 @@
 
 The trajectory reward R^T of MemPO (arXiv 2603.00680) is 1 iff the final answer matches the gold answer of every
 objective (normalised exact match against any alias) and the trajectory's format is valid (DESIGN §3 "R^T");
-``em_mean``, ``f1_mean`` and MEM1's summed ``em_sum`` are options.
+``em_mean``, ``f1_mean`` and MEM1's summed ``em_sum`` are options. Answers are compared after the official SQuAD
+v1.1 normalisation (``AnswerNormalization``; Unicode folding is the ``unicode`` option).
 
 Notation: ``k`` objectives per question (MEM1-style composition of k questions, DESIGN §4); golds are
 ``list[list[str]]``, one alias list per objective; a k-objective answer is written ``"a1; a2; …; ak"``.
@@ -25,6 +26,18 @@ RewardMode = Literal["all_em", "em_mean", "f1_mean", "em_sum"]
 """How per-objective scores become one reward: ``all_em`` (paper, default), ``em_mean``, ``f1_mean``, ``em_sum``."""
 
 REWARD_MODES: tuple[RewardMode, ...] = get_args(RewardMode)
+
+AnswerNormalization = Literal["squad", "unicode"]
+"""How answers are normalised before EM and F1 (DESIGN §3 "answer matching"):
+
+squad    the official SQuAD v1.1 ``normalize_answer`` byte for byte: lower-case, ``string.punctuation`` removed, the
+         articles a/an/the removed, whitespace collapsed; figures compare with the MEM1 / Search-R1 / MemPO tables
+         (default)
+unicode  Unicode folding first (NFKC, casefold, accents dropped) and every Unicode punctuation character removed,
+         so "Beyonce" matches "Beyoncé" and curly quotes count as punctuation
+"""
+
+ANSWER_NORMALIZATIONS: tuple[AnswerNormalization, ...] = get_args(AnswerNormalization)
 
 OBJECTIVE_SEPARATOR = ";"
 """Separator of the per-objective answers in a k-objective answer (MEM1)."""
@@ -64,23 +77,47 @@ def _fold_unicode(s: str) -> str:
     return unicodedata.normalize("NFC", s)
 
 
-def normalize_answer(s: str) -> str:
-    """SQuAD v1.1 answer normalisation, extended to Unicode.
+def _squad_normalize(s: str) -> str:
+    """The official SQuAD v1.1 evaluation script's ``normalize_answer``: lower, remove_punc, remove_articles,
+    white_space_fix, in that order (``"The  Eiffel-Tower!"`` -> ``"eiffeltower"``; accents are kept)."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _ASCII_PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
 
-    Steps: Unicode folding (NFKC, casefold, accents removed), punctuation removed (ASCII ``string.punctuation`` and
-    every Unicode ``P*`` character, deleted without a space as in SQuAD, so ``"well-known"`` -> ``"wellknown"``),
-    English articles ``a``/``an``/``the`` removed, whitespace collapsed.
 
-    On ASCII input this equals the official SQuAD script. The Unicode folding is applied to prediction and gold
-    alike, so it only makes matching coarser: accents and compatibility forms never decide a match. For scripts
-    whose vowel signs are combining marks (e.g. Devanagari) the comparison is coarser still, symmetrically.
+def _unicode_normalize(s: str) -> str:
+    """SQuAD's steps with Unicode folding (NFKC, casefold, accents removed) for ``lower`` and every Unicode ``P*``
+    character removed with the ASCII punctuation (deleted without a space, as in SQuAD).
+
+    On ASCII input this equals SQuAD. The folding applies to prediction and gold alike, so it only makes matching
+    coarser: accents and compatibility forms never decide a match. For scripts whose vowel signs are combining
+    marks (e.g. Devanagari) the comparison is coarser still, symmetrically.
     """
-    if not isinstance(s, str):
-        raise TypeError(f"normalize_answer takes a string, got {type(s).__name__}: {s!r}")
     s = _fold_unicode(s)
     s = "".join(ch for ch in s if not _is_punctuation(ch))
     s = _ARTICLES.sub(" ", s)
     return " ".join(s.split())
+
+
+_NORMALIZERS: dict[AnswerNormalization, Callable[[str], str]] = {
+    "squad": _squad_normalize,
+    "unicode": _unicode_normalize,
+}
+
+
+def validate_normalization(normalization: str) -> AnswerNormalization:
+    """Return ``normalization`` if it is known; otherwise raise ValueError listing the allowed ones."""
+    if not isinstance(normalization, str) or normalization not in _NORMALIZERS:
+        raise ValueError(f"unknown answer normalization {normalization!r}; allowed: {', '.join(ANSWER_NORMALIZATIONS)}")
+    return normalization  # type: ignore[return-value]
+
+
+def normalize_answer(s: str, normalization: AnswerNormalization = "squad") -> str:
+    """Normalise an answer for EM / F1, see ``AnswerNormalization`` (default: the official SQuAD v1.1 rules)."""
+    if not isinstance(s, str):
+        raise TypeError(f"normalize_answer takes a string, got {type(s).__name__}: {s!r}")
+    return _NORMALIZERS[validate_normalization(normalization)](s)
 
 
 # ----------------------------------------------------------------------------------------------- one objective
@@ -105,7 +142,7 @@ def _prediction_text(prediction: Any) -> str:
     return prediction
 
 
-def exact_match(prediction: str | None, golds: Sequence[str]) -> float:
+def exact_match(prediction: str | None, golds: Sequence[str], normalization: AnswerNormalization = "squad") -> float:
     """1.0 iff the normalised prediction equals the normalised form of any gold alias, else 0.0.
 
     An empty prediction (``None``, or empty after normalisation) scores 0.0 even against a gold that normalises to
@@ -113,10 +150,10 @@ def exact_match(prediction: str | None, golds: Sequence[str]) -> float:
     Raises ValueError if ``golds`` is empty.
     """
     _check_aliases(golds)
-    pred = normalize_answer(_prediction_text(prediction))
+    pred = normalize_answer(_prediction_text(prediction), normalization)
     if not pred:
         return 0.0
-    return float(any(pred == normalize_answer(g) for g in golds))
+    return float(any(pred == normalize_answer(g, normalization) for g in golds))
 
 
 def _token_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
@@ -130,17 +167,17 @@ def _token_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def f1_score(prediction: str | None, golds: Sequence[str]) -> float:
+def f1_score(prediction: str | None, golds: Sequence[str], normalization: AnswerNormalization = "squad") -> float:
     """SQuAD token-level F1 of the normalised answers, the maximum over gold aliases.
 
     An empty prediction scores 0.0, including against an empty gold (SQuAD would give 1.0 there; see
     ``exact_match`` for why). Raises ValueError if ``golds`` is empty.
     """
     _check_aliases(golds)
-    pred_tokens = normalize_answer(_prediction_text(prediction)).split()
+    pred_tokens = normalize_answer(_prediction_text(prediction), normalization).split()
     if not pred_tokens:
         return 0.0
-    return max(_token_f1(pred_tokens, normalize_answer(g).split()) for g in golds)
+    return max(_token_f1(pred_tokens, normalize_answer(g, normalization).split()) for g in golds)
 
 
 # ----------------------------------------------------------------------------------------------- k objectives
@@ -234,7 +271,12 @@ def _check_golds(golds: Sequence[Sequence[str]]) -> None:
         _check_aliases(aliases)
 
 
-def score_answer(prediction: str | None, golds: Sequence[Sequence[str]], mode: RewardMode = "all_em") -> AnswerScore:
+def score_answer(
+    prediction: str | None,
+    golds: Sequence[Sequence[str]],
+    mode: RewardMode = "all_em",
+    normalization: AnswerNormalization = "squad",
+) -> AnswerScore:
     """Score a k-objective answer ``"a1; …; ak"`` against ``golds`` (k alias lists).
 
     Objective i is scored on part i. A wrong number of parts is recorded (``count_mismatch``): objectives without
@@ -245,13 +287,15 @@ def score_answer(prediction: str | None, golds: Sequence[Sequence[str]], mode: R
         prediction: the final answer text, or None when there is none (every objective scores 0).
         golds: ``golds[i]`` is the alias list of objective i.
         mode: one of ``REWARD_MODES``.
+        normalization: one of ``ANSWER_NORMALIZATIONS`` (default ``squad``).
     """
     fn = _MODE_FNS[validate_reward_mode(mode)]
+    validate_normalization(normalization)
     _check_golds(golds)
     parts = split_objectives(prediction, len(golds))
     padded = list(parts[: len(golds)]) + [None] * (len(golds) - len(parts))
-    em = tuple(exact_match(p, g) for p, g in zip(padded, golds, strict=True))
-    f1 = tuple(f1_score(p, g) for p, g in zip(padded, golds, strict=True))
+    em = tuple(exact_match(p, g, normalization) for p, g in zip(padded, golds, strict=True))
+    f1 = tuple(f1_score(p, g, normalization) for p, g in zip(padded, golds, strict=True))
     return AnswerScore(
         em=em,
         f1=f1,
@@ -372,6 +416,15 @@ def _reward_mode(extra_info: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Re
     return "all_em"
 
 
+def _normalization(extra_info: Mapping[str, Any], kwargs: Mapping[str, Any]) -> AnswerNormalization:
+    # the agent loop's (mempo.reward.normalization) wins over the run-wide reward_kwargs
+    for source in (extra_info, kwargs):
+        normalization = _as_python(source.get("answer_normalization"))
+        if not _is_missing(normalization):
+            return validate_normalization(normalization)
+    return "squad"
+
+
 def compute_score(
     data_source: str,
     solution_str: str,
@@ -382,8 +435,9 @@ def compute_score(
     """verl custom reward function (``reward.custom_reward_function.name=compute_score``).
 
     Reads the final answer and format verdict from ``extra_info`` when the agent loop put them there (keys
-    ``final_answer``, ``format_valid``, optional ``reward_mode``): with one segment per turn, verl 0.9.1 decodes
-    ``solution_str`` from a batch padded across the session's segments and may cut it (VERL_NOTES.md). Without
+    ``final_answer``, ``format_valid``, optional ``reward_mode`` and ``answer_normalization``): with one segment
+    per turn, verl 0.9.1 decodes ``solution_str`` from a batch padded across the session's segments and may cut
+    it (VERL_NOTES.md). Without
     ``final_answer`` in ``extra_info``, ``solution_str`` is parsed as the last turn with ``parse_turn``.
 
     Args:
@@ -391,8 +445,9 @@ def compute_score(
         solution_str: the decoded last turn (fallback only).
         ground_truth: see ``golds_from_ground_truth``; a bad ground truth raises (a data bug should be loud).
         extra_info: the row's extra info merged with the last segment's ``extra_fields``.
-        **kwargs: ``reward_mode`` (run-wide default, overridden by ``extra_info["reward_mode"]``), ``tags`` (a
-            ``TagSet`` or a mapping of its fields, for the fallback parse); others (verl's) are ignored.
+        **kwargs: ``reward_mode`` (run-wide default, overridden by ``extra_info["reward_mode"]``),
+            ``answer_normalization`` (likewise; default ``squad``), ``tags`` (a ``TagSet`` or a mapping of its
+            fields, for the fallback parse); others (verl's) are ignored.
 
     Returns:
         ``score`` (the reward: 0 when the format is invalid, else the mode's score), ``em`` and ``f1`` (mean over
@@ -403,11 +458,12 @@ def compute_score(
     extra_info = extra_info if isinstance(extra_info, Mapping) else {}
     golds = golds_from_ground_truth(ground_truth)
     mode = _reward_mode(extra_info, kwargs)
+    normalization = _normalization(extra_info, kwargs)
     if "final_answer" in extra_info:
         reward_input = _input_from_extra_info(extra_info)
     else:
         reward_input = _input_from_solution(solution_str, _tags_from_kwargs(kwargs))
-    result = score_answer(reward_input.final_answer, golds, mode)
+    result = score_answer(reward_input.final_answer, golds, mode, normalization)
     all_em = _all_em(result.em, result.f1, not result.count_mismatch)
     return {
         # a malformed trajectory earns nothing, whatever its answer (DESIGN §3)

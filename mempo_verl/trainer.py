@@ -46,9 +46,8 @@ from verl.utils.py_functional import rename_dict
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from mempo_verl.advantage import compute_mempo_advantage, memory_advantage
-from mempo_verl.agent_loop import get_environment
-from mempo_verl.config import MemPOConfig
+from mempo_verl.advantage import compute_mempo_advantage, memory_advantage, memory_group_stats
+from mempo_verl.config import MemPOConfig, check_verl_config
 from mempo_verl.memory_credit import (
     MemoryCredit,
     ScoringSequence,
@@ -86,10 +85,12 @@ def segment_turns(segments: list[Segment | None], sessions: list[Any]) -> list[S
                 turn_index=turn.turn_index,
                 text=turn.text,
                 observation=turn.observation,
-                memory=turn.memory if turn.mem_span is not None else None,
+                # R^M credits the memory later turns read: cut to mempo.context.memory_token_budget when over it
+                memory=turn.memory_in_context if turn.mem_span is not None else None,
                 task_prompt=segment.task_prompt,
                 question=segment.question_text,
                 gold_answer=segment.gold_answer,
+                tools=segment.tool_schemas,
             )
         )
     return rows
@@ -198,6 +199,7 @@ class MemPOTrainer(PPOTrainerSync):
     def __init__(self, config):
         super().__init__(config)
         self.mempo = MemPOConfig.from_config(config.get("mempo"))
+        check_verl_config(self.mempo, config)
         self.mini_batches: int | None = None  # K under `mempo.update.mini_batch: prompts`; None: verl's row count
         if self.mempo.update.mini_batch == "prompts":
             if self.use_critic or is_distillation_enabled(config.get("distillation")):
@@ -307,13 +309,7 @@ class MemPOTrainer(PPOTrainerSync):
         started = time.perf_counter()
         # α = 0 (GRPO in memory format): A^M is never used, so nothing is scored
         rows = segment_turns(segments, sessions) if self.mempo.credit.alpha != 0 else [None] * len(segments)
-        plan = plan_memory_credit(
-            rows,
-            self.tokenizer,
-            self.mempo.credit.baseline,
-            self.mempo.tags,
-            tools=get_environment(self.mempo.env).tool_schemas(),
-        )
+        plan = plan_memory_credit(rows, self.tokenizer, self.mempo.credit.baseline, self.mempo.tags)
         if plan.sequences:
             probabilities = self._answer_probabilities(plan.sequences, partition_id)
         else:
@@ -368,27 +364,32 @@ class MemPOTrainer(PPOTrainerSync):
         response_mask = proto.batch["response_mask"]
         response_lengths = nested_response_mask.offsets().diff().tolist()
         memory_mask = memory_token_mask(segments, response_lengths, response_mask.shape[1])
+        uids, turn_index = list(proto.non_tensor_batch["uid"]), [0 if s is None else s.segment_index for s in segments]
         advantages, returns = compute_mempo_advantage(
             token_level_rewards=proto.batch["token_level_rewards"],
             response_mask=response_mask,
             index=proto.non_tensor_batch["uid"],
             session_index=sessions,
-            turn_index=[0 if s is None else s.segment_index for s in segments],
+            turn_index=turn_index,
             memory_mask=memory_mask,
             memory_rewards=credit.memory_reward,
             has_memory=credit.has_memory,
             alpha=self.mempo.credit.alpha,
             memory_grouping=self.mempo.credit.grouping,
             loss_normalization=self.mempo.credit.loss_normalization,
+            memory_noise_scale=credit.noise_scale,
+            memory_noise_floor=self.mempo.credit.memory_noise_floor,
             norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
         )
         proto.batch["advantages"], proto.batch["returns"] = advantages, returns
         metrics.update(episode_metrics(segments, proto.batch["token_level_scores"].sum(dim=-1)))
-        memory_adv = memory_advantage(
-            credit.memory_reward, credit.has_memory, list(proto.non_tensor_batch["uid"]),
-            [0 if s is None else s.segment_index for s in segments], self.mempo.credit.grouping,
-        )  # fmt: skip
-        metrics.update(credit_metrics(credit, memory_adv, advantages, memory_mask, response_mask))
+        groups = (credit.memory_reward, credit.has_memory, uids, turn_index, self.mempo.credit.grouping)
+        noise = {"noise_scale": credit.noise_scale, "noise_floor": self.mempo.credit.memory_noise_floor}
+        memory_adv = memory_advantage(*groups, **noise)
+        group_std, group_floor = memory_group_stats(*groups, **noise)
+        metrics.update(
+            credit_metrics(credit, memory_adv, advantages, memory_mask, response_mask, group_std, group_floor)
+        )
         if self.mempo.run.credit_dump_dir:
             dump_credit(
                 Path(self.mempo.run.credit_dump_dir) / f"credit_step{self.global_steps}.jsonl",

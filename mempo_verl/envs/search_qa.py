@@ -28,7 +28,15 @@ from mempo_verl.envs.base import Environment, Observation, sample_questions, tur
 from mempo_verl.envs.registry import config_from_kwargs, register_env
 from mempo_verl.protocol import ToolCall
 from mempo_verl.retrieval import RetrievalError, Retriever, format_passages, make_retriever
-from mempo_verl.rewards import AnswerScore, RewardMode, golds_from_ground_truth, score_answer, validate_reward_mode
+from mempo_verl.rewards import (
+    AnswerNormalization,
+    AnswerScore,
+    RewardMode,
+    golds_from_ground_truth,
+    score_answer,
+    validate_normalization,
+    validate_reward_mode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,9 @@ class SearchQAConfig:
     """Passages returned per query. Default 3 (Search-R1, MEM1)."""
     reward_mode: RewardMode = "all_em"
     """How `score` combines the objectives: "all_em" (paper, default), "em_mean", "f1_mean", "em_sum" (MEM1)."""
+    normalization: AnswerNormalization = "squad"
+    """Answer normalisation of `score` (`rewards.AnswerNormalization`): "squad" (the official SQuAD v1.1 rules,
+    default) or "unicode" (accents and Unicode punctuation folded too)."""
     index_dir: str | None = None
     """bm25/dense: a saved index (`mempo-retriever build-index`). Default None: index `corpus_path` in memory."""
     corpus_path: str | None = None
@@ -77,6 +88,7 @@ class SearchQAConfig:
         if self.backend not in SEARCH_BACKENDS:
             raise ValueError(f"SearchQAConfig.backend={self.backend!r}; allowed: {', '.join(SEARCH_BACKENDS)}")
         validate_reward_mode(self.reward_mode)
+        validate_normalization(self.normalization)
         for name in ("topk", "max_queries"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"SearchQAConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -240,8 +252,10 @@ class SearchQAEnv(Environment):
         return Observation(text=format_results(queries, hits), metrics=metrics)
 
     def score(self, answer: str | None, ground_truth: Any) -> AnswerScore:
-        """`rewards.score_answer` of `"a1; a2; …"` against one alias list per objective, in `reward_mode`."""
-        return score_answer(answer, golds_from_ground_truth(ground_truth), self.config.reward_mode)
+        """`rewards.score_answer` of `"a1; a2; …"` against one alias list per objective, in `reward_mode` and
+        `normalization`."""
+        golds = golds_from_ground_truth(ground_truth)
+        return score_answer(answer, golds, self.config.reward_mode, self.config.normalization)
 
     def gold_answer_text(self, ground_truth: Any) -> str:
         """The first alias of each objective, joined with "; " (what memory credit teacher-forces)."""

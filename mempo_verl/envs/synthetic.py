@@ -43,7 +43,15 @@ from mempo_verl.envs.base import (
 )
 from mempo_verl.envs.registry import config_from_kwargs, register_env
 from mempo_verl.protocol import ToolCall, render_block, render_tool_call, render_turn
-from mempo_verl.rewards import AnswerScore, RewardMode, golds_from_ground_truth, score_answer, validate_reward_mode
+from mempo_verl.rewards import (
+    AnswerNormalization,
+    AnswerScore,
+    RewardMode,
+    golds_from_ground_truth,
+    score_answer,
+    validate_normalization,
+    validate_reward_mode,
+)
 
 LOOKUP_TOOL = "lookup"
 DATA_SOURCE = "mempo_synthetic"
@@ -425,9 +433,12 @@ class SyntheticConfig:
     prompt: Literal["full", "brief"] = "full"
     """The task prompt: "full" (default: the shared turn-format wording with an example turn) or "brief" (one
     paragraph, for small models: ``brief_task_prompt``)."""
+    normalization: AnswerNormalization = "squad"
+    """Answer normalisation of `score` (`rewards.AnswerNormalization`): "squad" (default) or "unicode"."""
 
     def __post_init__(self) -> None:
         validate_reward_mode(self.reward_mode)
+        validate_normalization(self.normalization)
         if self.prompt not in TASK_PROMPTS:
             raise ValueError(f"synthetic: prompt={self.prompt!r}; allowed: {sorted(TASK_PROMPTS)}")
 
@@ -476,8 +487,9 @@ class SyntheticEnv(Environment):
         return Observation(text=f"{document['key']}: {document['text']}", metrics={"lookup_found": 1.0})
 
     def score(self, answer: str | None, ground_truth: Any) -> AnswerScore:
-        """Exact match of each objective's name (`rewards.score_answer`, `reward_mode`)."""
-        return score_answer(answer, golds_from_ground_truth(ground_truth), self.config.reward_mode)
+        """Exact match of each objective's name (`rewards.score_answer`, `reward_mode`, `normalization`)."""
+        golds = golds_from_ground_truth(ground_truth)
+        return score_answer(answer, golds, self.config.reward_mode, self.config.normalization)
 
     def gold_answer_text(self, ground_truth: Any) -> str:
         """The answer names joined with "; "."""

@@ -11,10 +11,12 @@ from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
 import mempo_verl  # noqa: F401  registers "mempo"
 from mempo_verl.advantage import (
+    MEMORY_NOISE_FLOOR,
     compute_mempo_advantage,
     final_segment_rows,
     group_zscore,
     memory_advantage,
+    memory_group_stats,
     token_advantages,
     trajectory_advantage,
     trajectory_mean_weights,
@@ -241,3 +243,70 @@ def test_trajectory_mean_scales_the_advantages():
     torch.testing.assert_close(scaled, plain * weights[:, None])
     with pytest.raises(ValueError, match="loss_normalization 'seq_mean'"):
         compute_mempo_advantage(rewards, response_mask, loss_normalization="seq_mean", **kwargs)
+
+
+def test_trajectory_mean_ignores_padding_sessions():
+    # two real sessions of 2 generated tokens each, then verl's two synthetic padding sessions (response mask 0)
+    response_mask = torch.tensor([[1, 1], [1, 0], [1, 0], [0, 0], [0, 0]])
+    sessions = ["a", "b", "b", "pad_0", "pad_1"]
+    weights = trajectory_mean_weights(sessions, response_mask)
+    # N = 4 tokens, S = 2 trajectories (padding is none): w_a = 4 / (2·2) = 1, w_b = 4 / (2·2) = 1; padding 0
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]))
+    # token-weighted mean of the weights over the generated tokens is 1, as Eq. 10 promises
+    assert (weights[:, None] * response_mask).sum().item() / response_mask.sum().item() == pytest.approx(1.0)
+
+
+def test_memory_advantage_below_the_noise_floor_is_near_zero():
+    # R^M differing by 1e-5 (P_mem 0.5 ± 1e-5, ε 0.2), far below what bf16 scoring resolves (≈ 1-2 % of P)
+    p_mem = torch.tensor([0.5, 0.50001, 0.49999, 0.5], dtype=torch.float64)
+    eps_t = torch.full((4,), 0.2, dtype=torch.float64)
+    r_m = (p_mem - eps_t).float()  # [0.3, 0.30001, 0.29999, 0.3]
+    scale = torch.sqrt(p_mem**2 + eps_t**2).float()  # sqrt(0.25 + 0.04) = 0.5385 for each
+    args = (torch.ones(4, dtype=torch.bool), ["p"] * 4, [0, 1, 0, 1])
+    out = memory_advantage(r_m, *args, noise_scale=scale)
+    # std 8.2e-6 < σ_min = ρ · 0.5385 = 0.01077 (ρ = 0.02): the deviations ±1e-5 are divided by σ_min + ε
+    sigma_min = MEMORY_NOISE_FLOOR * math.sqrt(0.29)
+    torch.testing.assert_close(out, torch.tensor([0.0, 1e-5, -1e-5, 0.0]) / (sigma_min + EPS), rtol=0, atol=1e-5)
+    assert out.abs().max() < 1e-2  # ≈ 0, where the plain z-score gave unit advantages:
+    plain = memory_advantage(r_m, *args, noise_floor=0.0)
+    # (±1e-5) / (sqrt(2e-10 / 3) + 1e-6) = ±1.0911 (float32 rounding of 0.30001 moves it by ~0.2 %)
+    torch.testing.assert_close(plain, torch.tensor([0.0, 1.0911, -1.0911, 0.0]), rtol=0, atol=5e-3)
+    # without a scale the floor is absolute, ρ: ±1e-5 / (0.02 + 1e-6)
+    torch.testing.assert_close(memory_advantage(r_m, *args), torch.tensor([0.0, 5e-4, -5e-4, 0.0]), rtol=0, atol=1e-5)
+
+
+def test_noise_floor_leaves_real_spreads_alone_and_shrinks_small_ones():
+    # std above the floor: the plain z-score, (v - mean) / (std + ε)
+    values = torch.tensor([0.1, 0.3, 0.5, 0.7])
+    std = math.sqrt(0.2 / 3)  # 0.2582 > σ_min = 0.02 · 1
+    out = memory_advantage(values, torch.ones(4, dtype=torch.bool), ["g"] * 4, [0] * 4, noise_scale=torch.ones(4))
+    torch.testing.assert_close(out, torch.tensor([-0.3, -0.1, 0.1, 0.3]) / (std + EPS))
+    # std under the floor: divided by the floor, the mean of the members' shares. (1.0, 1.5): std 0.3536 < (1 + 2) / 2
+    out = group_zscore(torch.tensor([1.0, 1.5]), ["g", "g"], epsilon=0.0, std_floor=torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(out, torch.tensor([-0.25, 0.25]) / 1.5)
+
+
+def test_memory_group_stats_against_a_loop():
+    r_m = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, float("nan"), 0.2, 0.6])
+    scale = torch.tensor([1.0, 1.0, 0.5, 0.5, 0.3, float("nan"), 0.2, 0.4])
+    has_mem = torch.tensor([True, True, True, True, True, False, True, True])
+    prompts = ["p", "p", "p", "p", "q", "q", "r", "r"]
+    turns = [0, 1, 0, 1, 0, 1, 0, 0]
+    # group: p has 4 values, q a single one (no group), r two: (.2, .6) -> sqrt(0.08); floors 0.02 · mean scale
+    std, floor = memory_group_stats(r_m, has_mem, prompts, turns, "group", noise_scale=scale, noise_floor=0.02)
+    torch.testing.assert_close(std, torch.tensor([math.sqrt(0.2 / 3), math.sqrt(0.08)]))
+    torch.testing.assert_close(floor, torch.tensor([0.02 * 0.75, 0.02 * 0.3]))
+    # per_turn, by a plain loop over (prompt, turn) groups
+    groups: dict = {}
+    for value, s, mem, prompt, turn in zip(r_m.tolist(), scale.tolist(), has_mem.tolist(), prompts, turns, strict=True):
+        if mem:
+            groups.setdefault((prompt, turn), []).append((value, s))
+    expected_std, expected_floor = [], []
+    for members in groups.values():
+        if len(members) > 1:
+            mean = sum(v for v, _ in members) / len(members)
+            expected_std.append(math.sqrt(sum((v - mean) ** 2 for v, _ in members) / (len(members) - 1)))
+            expected_floor.append(0.02 * sum(s for _, s in members) / len(members))
+    std, floor = memory_group_stats(r_m, has_mem, prompts, turns, "per_turn", noise_scale=scale, noise_floor=0.02)
+    torch.testing.assert_close(std, torch.tensor(expected_std))
+    torch.testing.assert_close(floor, torch.tensor(expected_floor))

@@ -179,12 +179,15 @@ def test_memory_policy_one_segment_per_turn(base_config, tiny_model, tokenizer):
     segs = segments(outputs)
     assert [s.segment_index for s in segs] == [0, 1, 2] and [s.is_last for s in segs] == [False, False, True]
     assert all((s.uid, s.session_id, s.gold_answer, s.policy) == ("u1", 0, "Paris", "memory") for s in segs)
+    # memory credit scores with the tool schemas the rollout's chat template received (no environment in the trainer)
+    assert all(s.tool_schemas == tuple(_SearchEnv().tool_schemas()) for s in segs)
     last = segs[-1]
     assert (last.termination, last.final_answer, last.format_valid) == ("answer", "Paris", True)
     assert last.episode.num_turns == 3 and last.episode.env_failures == 0
     assert last.episode.total_tokens == sum(len(o.prompt_ids) + len(o.response_ids) for o in outputs)
     assert segs[1].turns[0].observation == "Doc 1(Title: Paris) Paris is the capital of France."
     assert reward(outputs) == 1.0
+    assert outputs[-1].extra_fields["answer_normalization"] == "squad"  # mempo.reward.normalization's default
     assert json.loads(json.dumps(outputs[-1].extra_fields)) == outputs[-1].extra_fields
 
 
@@ -426,6 +429,16 @@ def test_environment_reward_source_skips_verls_reward_worker(monkeypatch, base_c
     (put,) = _postprocess(monkeypatch, config, tokenizer, outputs, sample(), with_reward_worker=False)
     assert [o.reward_score for o in outputs] == [1.0, 1.0, 1.0]
     assert put.fields["rm_scores"][0][-1].item() == 1.0
+
+
+@pytest.mark.parametrize(("normalization", "expected"), [("squad", 0.0), ("unicode", 1.0)])
+def test_reward_normalization_reaches_the_reward_function(normalization, expected, base_config, tiny_model, tokenizer):
+    # "Beyonce" against the gold "Beyoncé": the official SQuAD rules keep the accent, the unicode option folds it
+    row = {**sample(), "reward_model": {"style": "rule", "ground_truth": {"target": [["Beyoncé"]]}}}
+    server = PolicyServer(tiny_model, tokenizer, script=[answer("Known.", "Beyonce")])
+    outputs = run_session(make_config(base_config, reward={"normalization": normalization}), server, tokenizer, row)
+    assert outputs[-1].extra_fields["answer_normalization"] == normalization
+    assert reward(outputs, row) == expected
 
 
 def test_policy_server_keeps_verls_generate_signature():

@@ -11,7 +11,7 @@ def test_defaults_follow_design():
     config = MemPOConfig.from_config(None)
     assert config.agent.max_turns == 16  # DESIGN §3 "max turns"
     assert (config.context.policy, config.context.retain_turns) == ("memory", 1)  # MemPO context
-    assert config.reward == RewardConfig("all_em", "reward_function")
+    assert config.reward == RewardConfig("all_em", "reward_function", "squad")  # squad: DESIGN §3 "answer matching"
     assert config.env.name == "search_qa" and config.tags == TagSet()
     assert config.update.mini_batch == "prompts"  # DESIGN §3 "updates per step"
 
@@ -52,6 +52,10 @@ def test_interpolations_resolve():
         ({"env": {"name": ""}}, r"mempo.env.name=''"),
         ({"reward": {"mode": "exact"}}, r"mempo.reward.mode='exact' is invalid; allowed: all_em, em_mean"),
         ({"reward": {"source": "model"}}, r"allowed: reward_function, environment"),
+        (
+            {"reward": {"normalization": "nfkc"}},
+            r"mempo.reward.normalization='nfkc' is invalid; allowed: squad, unicode",
+        ),
         ({"tags": {"mem": "<mem>"}}, r"TagSet.mem='<mem>'"),
         ({"update": {"mini_batch": "segments"}}, r"update.mini_batch='segments' is invalid; allowed: prompts, rows"),
     ],
@@ -86,6 +90,8 @@ def test_dataclasses_are_frozen():
         ({"grouping": "prompt"}, r"mempo.credit.grouping='prompt' is invalid; allowed: group, per_turn, batch"),
         ({"baseline": "full"}, r"mempo.credit.baseline='full' is invalid; allowed: prefix, question, none"),
         ({"scorer": "critic"}, r"mempo.credit.scorer='critic' is invalid; allowed: actor, ref"),
+        ({"memory_noise_floor": -0.1}, r"mempo.credit.memory_noise_floor=-0.1 is invalid; allowed: a finite number"),
+        ({"memory_noise_floor": float("inf")}, r"mempo.credit.memory_noise_floor=inf"),
     ],
 )
 def test_credit_section_validated(credit, message):

@@ -24,6 +24,7 @@ from mempo_verl.testing.checkpoints import load_actor_shard
 pytestmark = pytest.mark.e2e
 
 ALPHA = 1.0  # tiny_search_cpu's mempo.credit.alpha
+NOISE_FLOOR = 0.02  # tiny_search_cpu's mempo.credit.memory_noise_floor (the default)
 EPS = 1e-6
 
 
@@ -32,8 +33,9 @@ def credit_rows(run, step: int) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def zscore_by_group(values: dict, groups: dict) -> dict:
-    """Reference z-score, written independently of mempo_verl.advantage: unbiased std, single/equal groups -> 0."""
+def zscore_by_group(values: dict, groups: dict, floors: dict | None = None) -> dict:
+    """Reference z-score, written independently of mempo_verl.advantage: unbiased std, single/equal groups -> 0;
+    with `floors`, the std is floored at the mean of the group's members' floors."""
     members = defaultdict(list)
     for key, group in groups.items():
         members[group].append(key)
@@ -43,7 +45,8 @@ def zscore_by_group(values: dict, groups: dict) -> dict:
         if len(keys) < 2:
             out.update(dict.fromkeys(keys, 0.0))
             continue
-        scaled = (group_values - group_values.mean()) / (group_values.std(ddof=1) + EPS)
+        floor = np.mean([floors[k] for k in keys]) if floors else 0.0
+        scaled = (group_values - group_values.mean()) / (max(group_values.std(ddof=1), floor) + EPS)
         out.update(dict(zip(keys, scaled, strict=True)))
     return out
 
@@ -71,9 +74,11 @@ def test_memory_tokens_differ_from_the_rest_by_alpha_times_a_m(mempo_tiny):
     checked = 0
     for step in (1, 2):
         memory_rows = {r["key"]: r for r in credit_rows(mempo_tiny.first, step) if r["has_memory"]}
-        # A^M: z-score of R^M over all <mem> segments of a prompt (DESIGN §3 "group")
+        # A^M: z-score of R^M over all <mem> segments of a prompt (DESIGN §3 "group"), its std floored at the
+        # scoring noise ρ · mean sqrt(P_mem² + ε²)
         rewards = {key: row["memory_reward"] for key, row in memory_rows.items()}
-        a_m = zscore_by_group(rewards, {key: row["session"][0] for key, row in memory_rows.items()})
+        floors = {k: NOISE_FLOOR * math.hypot(r["p_memory"], r["p_baseline"]) for k, r in memory_rows.items()}
+        a_m = zscore_by_group(rewards, {key: row["session"][0] for key, row in memory_rows.items()}, floors)
         # R^M = P[ans | q, mem_t] - ε_t (Eq. 5), both probabilities
         for row in memory_rows.values():
             assert 0.0 <= row["p_memory"] <= 1.0 and 0.0 <= row["p_baseline"] <= 1.0

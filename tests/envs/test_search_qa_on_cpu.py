@@ -104,6 +104,10 @@ def test_multi_objective_score_and_gold_text(env):
     assert env.score("Corvan; Brackenford", gt).score == 0.0  # order matters
     assert env.score(None, gt).score == 0.0
     assert make_env("search_qa", reward_mode="em_mean").score("Brackenford; Aldish", gt).score == 0.5
+    # the official SQuAD normalisation by default: accents matter; the unicode option folds them
+    accented = {"target": [["Brackenförd"], ["Corvan"]]}
+    assert env.score("Brackenford; Corvan", accented).score == 0.0
+    assert make_env("search_qa", normalization="unicode").score("Brackenford; Corvan", accented).score == 1.0
     assert env.gold_answer_text(gt) == "Brackenford; Corvan"  # first alias per objective
     assert env.gold_answer_text(["Paris", "City of Paris"]) == "Paris"
 
@@ -146,6 +150,7 @@ def test_tool_schema_is_a_verl_openai_schema(env):
         ({"url": "http://x"}, ValueError, "only used with backend='http'"),
         ({"topk": 0}, ValueError, "topk must be an integer >= 1"),
         ({"reward_mode": "best"}, ValueError, "unknown reward mode"),
+        ({"normalization": "nfkc"}, ValueError, "unknown answer normalization 'nfkc'; allowed: squad, unicode"),
         ({"top_k": 3}, TypeError, r"unknown option\(s\) \['top_k'\] for environment 'search_qa'; allowed: backend"),
     ],
 )

@@ -161,6 +161,9 @@ def test_scoring(env):
     assert env.score("Tavren Guild; Dorka Venthi", gt).score == 0.0  # order matters
     assert env.score("Dorka Venthi", gt).score == 0.0  # one answer for two objectives
     assert make_env("synthetic", reward_mode="em_mean").score("Dorka Venthi; Hamar", gt).score == 0.5
+    # the official SQuAD normalisation by default: the curly apostrophe is not ASCII punctuation; unicode drops it
+    assert env.score("Dorka Venthi; Tavren Guild’", gt).score == 0.0
+    assert make_env("synthetic", normalization="unicode").score("Dorka Venthi; Tavren Guild’", gt).score == 1.0
     assert env.gold_answer_text(gt) == "Dorka Venthi; Tavren Guild"
 
 

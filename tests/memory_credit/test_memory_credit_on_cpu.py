@@ -375,3 +375,46 @@ def test_memory_with_stray_tags_is_scored_verbatim(tokenizer):
     assert messages[1]["content"] == f"Q?\n\n<mem>{memory}</mem>"
     rows = [_segment_turn("A", 0, memory)]
     assert plan_memory_credit(rows, tokenizer).memory_rows == (0,)
+
+
+def test_prefix_baseline_holds_every_earlier_turn(tokenizer):
+    # three turns of one session: ε of turn 2 is scored on the question then turns 0 AND 1 in full (not only turn 1)
+    texts = [
+        "<mem>need capital</mem><think>search</think><tool_call>{}</tool_call>",
+        "<mem>France</mem><think>again</think><tool_call>{}</tool_call>",
+        "<mem>Paris</mem><think>done</think><answer>Paris</answer>",
+    ]
+    observations = ["Doc A", "Doc B", None]
+    rows = [_segment_turn("A", t, f"m{t}", text=texts[t], observation=observations[t]) for t in range(3)]
+    plan = plan_memory_credit(rows, tokenizer, baseline="prefix")
+    # written out by hand: the user message of s_<2 (question, blank line, each earlier turn and its information)
+    user_2 = (
+        "Q?\n\n"
+        "<mem>need capital</mem><think>search</think><tool_call>{}</tool_call>\n<information>Doc A</information>\n\n"
+        "<mem>France</mem><think>again</think><tool_call>{}</tool_call>\n<information>Doc B</information>"
+    )
+    messages_2 = [{"role": "system", "content": "Task."}, {"role": "user", "content": user_2}]
+    assert plan.sequences[plan.baseline_sequence[2]] == build_scoring_sequence(tokenizer, messages_2, "Paris")
+    # s_<1 holds turn 0 only; s_<0 is the question alone (ε_1 = P[ans | q])
+    user_1 = (
+        "Q?\n\n<mem>need capital</mem><think>search</think><tool_call>{}</tool_call>\n<information>Doc A</information>"
+    )
+    messages_1 = [{"role": "system", "content": "Task."}, {"role": "user", "content": user_1}]
+    assert plan.sequences[plan.baseline_sequence[1]] == build_scoring_sequence(tokenizer, messages_1, "Paris")
+    messages_0 = [{"role": "system", "content": "Task."}, {"role": "user", "content": "Q?"}]
+    assert plan.sequences[plan.baseline_sequence[0]] == build_scoring_sequence(tokenizer, messages_0, "Paris")
+
+
+@pytest.mark.parametrize(
+    ("turns", "message"),
+    [
+        ([0, 2], r"turns \[0, 2\] \(missing \[1\], doubled \[\]\)"),
+        ([0, 1, 1], r"turns \[0, 1, 1\] \(missing \[\], doubled \[1\]\)"),
+        ([1, 2], r"turns \[1, 2\] \(missing \[0\], doubled \[\]\)"),
+    ],
+)
+def test_incomplete_session_history_is_an_error(tokenizer, turns, message):
+    # a session whose turn 1 is not in the batch would score turn 2's ε on turn 0 alone: a silently short s_<t
+    rows = [_segment_turn("A", t, f"m{t}") for t in turns]
+    with pytest.raises(ValueError, match=rf"session 'A' has {message}"):
+        plan_memory_credit(rows, tokenizer, baseline="prefix")

@@ -6,8 +6,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mempo_verl import doctor
 from mempo_verl.config import MemPOConfig
-from mempo_verl.main import RECIPES_DIR
+from mempo_verl.main import RECIPES_DIR, validate
 from mempo_verl.trainer import prompt_mini_batches
 
 SFT_RECIPES = sorted(path.stem for path in Path(RECIPES_DIR).glob("sft_*.yaml"))  # verl's SFT trainer (stage 1)
@@ -73,6 +74,9 @@ def test_paper_recipe_matches_the_paper():
     assert config.actor_rollout_ref.rollout.n == 16 and config.data.train_batch_size == 128
     assert config.actor_rollout_ref.actor.optim.lr == pytest.approx(1e-6)
     assert config.mempo.agent.max_turns == 16 and "Qwen2.5-7B" in config.actor_rollout_ref.model.path
+    # Eq. 10 (per-trajectory token mean), over verl's token-mean aggregation that it rescales
+    assert config.mempo.credit.loss_normalization == "trajectory_mean"
+    assert config.actor_rollout_ref.actor.loss_agg_mode == "token-mean"
 
 
 def test_tiny_cpu_composes_the_cpu_preset():
@@ -98,3 +102,58 @@ def test_every_mempo_key_can_be_overridden_from_the_command_line():
     config = _compose("mempo_qwen2.5_7b", ["mempo.run.credit_dump_dir=/tmp/x", "mempo.credit.scorer=ref"])
     mempo = MemPOConfig.from_config(config.mempo)
     assert mempo.run.credit_dump_dir == "/tmp/x" and mempo.credit.scorer == "ref"
+
+
+@pytest.fixture
+def _check(monkeypatch):
+    """`main.validate` of a composed recipe, the install check (`mempo-doctor`, tested in tests/platform) skipped."""
+    monkeypatch.setattr(doctor, "require_ready", lambda: None)
+    return lambda name, overrides: validate(_compose(name, overrides))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_passes_the_start_checks(_check, name):
+    _check(name, [])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.v1.trainer_mode=sync"],  # the MemPO estimator under verl's sync trainer: GRPO over segments, no A^M
+        ["trainer.v1.trainer_mode=colocate_async"],
+        ["algorithm.adv_estimator=grpo"],  # the MemPO trainer under another estimator name
+    ],
+)
+def test_mempo_estimator_and_trainer_go_together(_check, overrides):
+    with pytest.raises(ValueError, match=r"algorithm\.adv_estimator=.*trainer\.v1\.trainer_mode="):
+        _check("tiny_cpu", overrides)
+
+
+NO_KL = ["actor_rollout_ref.actor.use_kl_loss=false", "algorithm.use_kl_in_reward=false"]
+
+
+def test_ref_scorer_needs_a_reference_policy(_check):
+    # no KL term: verl builds no reference policy, so scoring through it would fail mid-step (AttributeError)
+    with pytest.raises(ValueError, match=r"mempo\.credit\.scorer=ref.*actor_rollout_ref\.actor\.use_kl_loss"):
+        _check("tiny_cpu", ["mempo.credit.scorer=ref", *NO_KL])
+    _check("tiny_cpu", ["mempo.credit.scorer=ref", "actor_rollout_ref.actor.use_kl_loss=true"])
+    _check("tiny_cpu", ["mempo.credit.scorer=ref", *NO_KL, "actor_rollout_ref.model.lora.rank=8"])  # base = ref
+    _check("tiny_cpu", ["mempo.credit.scorer=ref", *NO_KL, "mempo.credit.alpha=0"])  # α = 0 scores nothing
+
+
+def test_parameter_sync_step_is_refused_with_prompt_mini_batches(_check):
+    # verl repeats sample-and-update parameter_sync_step times a step, each making the K updates of the whole batch
+    with pytest.raises(ValueError, match=r"trainer\.v1\.mempo\.parameter_sync_step=4 .*mempo\.update\.mini_batch"):
+        _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=4"])
+    _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=1"])
+    _check("tiny_cpu", ["+trainer.v1.mempo.parameter_sync_step=4", "mempo.update.mini_batch=rows"])  # verl's own
+
+
+def test_trajectory_mean_needs_token_mean_aggregation(_check):
+    # the Eq. 10 weights scale the advantages under verl's token-mean; seq-mean-token-mean would average them again
+    overrides = ["mempo.credit.loss_normalization=trajectory_mean"]
+    _check("tiny_cpu", overrides)
+    with pytest.raises(ValueError, match=r"trajectory_mean needs actor_rollout_ref\.actor\.loss_agg_mode=token-mean"):
+        _check("tiny_cpu", [*overrides, "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean"])
+    with pytest.raises(ValueError, match=r"loss_agg_mode=token-mean \(got 'token-sum'\)"):
+        _check("mempo_qwen2.5_7b", ["actor_rollout_ref.actor.loss_agg_mode=token-sum"])

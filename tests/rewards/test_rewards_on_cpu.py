@@ -1,6 +1,8 @@
 """Tests for mempo_verl.rewards: normalisation, EM/F1, multi-objective modes, ground truth shapes, verl reward."""
 
 import math
+import re
+import string
 
 import pytest
 
@@ -52,11 +54,74 @@ def test_normalize_answer_squad_rules(raw, expected):
     ],
 )
 def test_normalize_answer_unicode(raw, expected):
-    assert normalize_answer(raw) == expected
+    assert normalize_answer(raw, normalization="unicode") == expected
 
 
-def test_normalize_answer_ascii_apostrophe_matches_curly():
-    assert normalize_answer("O'Neil") == normalize_answer("O’Neil")
+def _official_squad_normalize_answer(s):
+    """The SQuAD v1.1 evaluation script's normalize_answer, copied verbatim (evaluate-v1.1.py)."""
+
+    def remove_articles(text):
+        return re.sub(r"\b(a|an|the)\b", " ", text)
+
+    def white_space_fix(text):
+        return " ".join(text.split())
+
+    def remove_punc(text):
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    def lower(text):
+        return text.lower()
+
+    return white_space_fix(remove_articles(remove_punc(lower(s))))
+
+
+SQUAD_CASES = [
+    ("Beyoncé", "beyoncé"),  # accents kept: SQuAD only lower-cases
+    ("“Paris”", "“paris”"),  # curly quotes are not in string.punctuation
+    ("O’Neil", "o’neil"),  # nor is the curly apostrophe, while the ASCII one goes: "O'Neil" -> "oneil"
+    ("O'Neil", "oneil"),
+    ("Straße", "straße"),  # lower, not casefold
+    ("ＰＡＲＩＳ", "ｐａｒｉｓ"),  # no NFKC: full-width letters stay full-width
+    ("东京。", "东京。"),  # the CJK full stop stays
+    ("New\u00a0York", "new york"),  # str.split() splits on the non-breaking space too
+    ("The  Eiffel-Tower!", "eiffeltower"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), SQUAD_CASES)
+def test_default_normalization_is_the_official_squad_script(raw, expected):
+    assert normalize_answer(raw) == expected  # by hand
+    assert normalize_answer(raw) == _official_squad_normalize_answer(raw)  # and byte for byte the official script
+
+
+def test_beyonce_differs_under_squad_and_matches_under_unicode():
+    assert exact_match("Beyonce", ["Beyoncé"]) == 0.0  # squad (default): "beyonce" != "beyoncé"
+    assert exact_match("Beyonce", ["Beyoncé"], normalization="unicode") == 1.0  # accents folded on both sides
+    assert f1_score("Beyonce Knowles", ["Beyoncé Knowles"]) == pytest.approx(0.5)  # 1 of 2 tokens shared each way
+    assert f1_score("Beyonce Knowles", ["Beyoncé Knowles"], normalization="unicode") == 1.0
+    assert score_answer("Beyonce", [["Beyoncé"]]).score == 0.0
+    assert score_answer("Beyonce", [["Beyoncé"]], normalization="unicode").score == 1.0
+    with pytest.raises(ValueError, match="unknown answer normalization 'nfkc'; allowed: squad, unicode"):
+        normalize_answer("x", "nfkc")
+
+
+def test_compute_score_normalization_default_and_precedence():
+    truth = {"target": [["Beyoncé"]]}
+    extra = {"final_answer": "Beyonce", "format_valid": True}
+    assert compute_score("nq", "", truth, extra)["score"] == 0.0  # squad by default, and so are em / f1
+    assert compute_score("nq", "", truth, extra)["em"] == 0.0
+    # the agent loop's key (mempo.reward.normalization) wins over the run-wide reward_kwargs
+    assert compute_score("nq", "", truth, {**extra, "answer_normalization": "unicode"})["score"] == 1.0
+    assert compute_score("nq", "", truth, extra, answer_normalization="unicode")["score"] == 1.0
+    assert (
+        compute_score("nq", "", truth, {**extra, "answer_normalization": "squad"}, answer_normalization="unicode")["em"]
+        == 0.0
+    )
+
+
+def test_unicode_normalization_matches_ascii_and_curly_apostrophes():
+    assert normalize_answer("O'Neil", "unicode") == normalize_answer("O’Neil", "unicode")
 
 
 def test_normalize_answer_rejects_non_strings():
@@ -71,7 +136,6 @@ def test_exact_match():
     assert exact_match("the Eiffel Tower", ["Eiffel Tower"]) == 1.0  # article and case ignored
     assert exact_match("Paris", ["London", "paris"]) == 1.0  # any alias
     assert exact_match("Paris, France", ["Paris"]) == 0.0  # extra words break EM
-    assert exact_match("Beyonce", ["Beyoncé"]) == 1.0  # accents folded on both sides
 
 
 def test_empty_prediction_scores_zero():

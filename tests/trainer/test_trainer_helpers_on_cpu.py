@@ -9,10 +9,18 @@ import json
 import pytest
 import torch
 
-from mempo_verl.memory_credit import MemoryCredit, build_scoring_sequence, question_scoring_messages
+from mempo_verl import agent_loop
+from mempo_verl.config import MemPOConfig
+from mempo_verl.memory_credit import (
+    MemoryCredit,
+    build_scoring_sequence,
+    memory_scoring_messages,
+    question_scoring_messages,
+)
 from mempo_verl.metrics import credit_metrics, episode_metrics
 from mempo_verl.segments import EpisodeSummary, Segment, TurnRecord
 from mempo_verl.trainer import (
+    MemPOTrainer,
     dump_credit,
     memory_token_mask,
     prompt_mini_batches,
@@ -46,7 +54,17 @@ def _turn(index: int, memory: str | None = "m", mem_span=(0, 3), **kw) -> TurnRe
     return TurnRecord(**values)
 
 
-def _segment(index: int, turns, is_last=False, policy="memory", peak=106) -> Segment:
+SEARCH_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search.",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+    },
+}
+
+
+def _segment(index: int, turns, is_last=False, policy="memory", peak=106, tool_schemas=()) -> Segment:
     last = {}
     if is_last:
         episode = EpisodeSummary(
@@ -65,6 +83,7 @@ def _segment(index: int, turns, is_last=False, policy="memory", peak=106) -> Seg
         gold_answer="Paris",
         reward_mode="all_em",
         is_last=is_last,
+        tool_schemas=tuple(tool_schemas),
         **last,
     )
 
@@ -80,6 +99,47 @@ def test_segment_turns_skip_padding_and_full_policy_rows():
     assert rows[0].memory == "m" and rows[0].session == "s0" and rows[0].observation == "o0"
     assert rows[1].memory is None  # no <mem>: no R^M, A^T only
     assert rows[2] is None and rows[3] is None  # padding; a whole-history row has no single <mem> to credit
+
+
+def test_memory_credit_scores_the_memory_later_turns_see():
+    # a memory over mempo.context.memory_token_budget is cut where later contexts show it: R^M scores the cut text
+    written = "Aldmark capital Velmora founded 1203 by the Tavren Guild"
+    shown = "Aldmark capital Velmora"  # what the agent loop recorded as shown to later turns
+    turn = _turn(0, memory=written, memory_in_context=shown, memory_truncated=True)
+    (row,) = segment_turns([_segment(0, [turn])], ["s0"])
+    assert row.memory == shown
+    assert row.text == f"<mem>{written}</mem>"  # s_<t of later turns keeps the turn as written (full history)
+
+
+def test_memory_credit_reads_tool_schemas_from_the_segments_not_the_environment(monkeypatch, tokenizer):
+    # building the environment in the trainer would build its retrieval index there just to read the schemas
+    def no_environment(*args, **kwargs):
+        raise AssertionError("the trainer built the environment")
+
+    monkeypatch.setattr(agent_loop, "make_env", no_environment)
+    monkeypatch.setattr(agent_loop, "_ENVIRONMENTS", {})
+    scored = []
+
+    def answer_probabilities(sequences, partition_id):
+        scored.extend(sequences)
+        return torch.full((len(sequences),), 0.5)
+
+    trainer = object.__new__(MemPOTrainer)  # only the memory-credit step: no workers, no TransferQueue
+    trainer.mempo = MemPOConfig.from_config({"credit": {"baseline": "question"}})
+    trainer.tokenizer = tokenizer
+    trainer._answer_probabilities = answer_probabilities
+    segment = _segment(0, [_turn(0, memory="Paris")], tool_schemas=[SEARCH_SCHEMA])
+    credit = trainer._memory_credit([segment], [("u", 0)], "train", metrics={})
+    assert credit.has_memory.tolist() == [True]
+    # the scoring contexts open as the rollout's did: the chat template received the segment's tool schemas
+    expected = [
+        build_scoring_sequence(
+            tokenizer, memory_scoring_messages("Task.", "Q?", "Paris"), "Paris", tools=[SEARCH_SCHEMA]
+        ),
+        build_scoring_sequence(tokenizer, question_scoring_messages("Task.", "Q?"), "Paris", tools=[SEARCH_SCHEMA]),
+    ]
+    assert scored == expected
+    assert scored[0] != build_scoring_sequence(tokenizer, memory_scoring_messages("Task.", "Q?", "Paris"), "Paris")
 
 
 def test_memory_token_mask_marks_the_mem_span_within_the_response():
@@ -100,6 +160,12 @@ def test_scoring_row_has_the_fields_verl_actor_reads(tokenizer):
     assert row["position_ids"].tolist() == list(range(len(sequence.input_ids)))
 
 
+def test_noise_scale_is_the_size_of_two_independently_rounded_probabilities():
+    credit = _credit([0.1, float("nan")], [0.4, float("nan")], [0.3, float("nan")], [True, False])
+    # sqrt(0.4² + 0.3²) = 0.5
+    assert credit.noise_scale[0].item() == pytest.approx(0.5)
+
+
 def _credit(rewards, p_mem, p_base, has):
     return MemoryCredit(torch.tensor(rewards), torch.tensor(p_mem), torch.tensor(p_base), torch.tensor(has))
 
@@ -117,7 +183,15 @@ def test_episode_and_credit_metrics_by_hand():
     advantages = torch.tensor([[2.0, 2.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     memory_mask = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 0]])
     response_mask = torch.tensor([[1, 1, 1], [1, 1, 1], [0, 0, 0]])
-    out = credit_metrics(credit, torch.tensor([0.7, -0.7, 0.0]), advantages, memory_mask, response_mask)
+    group_std, group_floor = torch.tensor([0.28, 0.001]), torch.tensor([0.01, 0.005])  # group 2 is under its floor
+    out = credit_metrics(
+        credit, torch.tensor([0.7, -0.7, 0.0]), advantages, memory_mask, response_mask, group_std, group_floor
+    )
+    assert out["mempo/reward_M/group_std/mean"] == pytest.approx(0.1405)  # (0.28 + 0.001) / 2
+    assert out["mempo/reward_M/group_std/min"] == pytest.approx(0.001)
+    assert out["mempo/reward_M/group_std/max"] == pytest.approx(0.28)
+    assert out["mempo/adv_M/noise_floor/mean"] == pytest.approx(0.0075)  # (0.01 + 0.005) / 2
+    assert out["mempo/adv_M/floored_groups"] == 0.5  # 1 of 2 groups under its σ_min
     assert out["mempo/reward_M/mean"] == pytest.approx(0.0)
     assert out["mempo/p_ans_mem/mean"] == pytest.approx(0.4) and out["mempo/epsilon/mean"] == pytest.approx(0.4)
     assert out["mempo/memory_credit/coverage"] == pytest.approx(2 / 3)
