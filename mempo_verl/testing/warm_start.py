@@ -100,9 +100,10 @@ class WarmStartConfig:
     max_turns_choices: tuple[int, ...] = (4, 16)
     """``mempo.agent.max_turns`` values the turns-left hint of the contexts is drawn from (the tiny recipe uses 4,
     the default is 16), so that neither surprises the model."""
-    autocast_bf16: bool = True
-    """Run the forward under CPU bfloat16 autocast (weights and optimizer stay float32). Default true: the LM
-    head is ≈ 1.4× faster on this CPU (AVX512-BF16); the rates do not change (measured)."""
+    autocast_bf16: bool | None = None
+    """Run the forward under CPU bfloat16 autocast (weights and optimizer stay float32). Default None: where the
+    CPU has native bf16 dot products (``cpu_has_native_bf16``); there the LM head is ≈ 1.4× faster and the rates do
+    not change (measured), while on an AVX2-only CPU bf16 matmuls take a slow path (≈ 10× slower, measured here)."""
     num_threads: int = 1
     """torch threads for the build (restored after). Default 1: the result does not depend on the machine's core
     count, and on a shared 2-core machine two threads are slower than one (measured: up to 3× when another
@@ -278,6 +279,15 @@ def paired_batches(examples: Sequence[TrainingExample], batch_size: int, rng: ra
             yield by_turn[0][k : k + half] + by_turn[1][k : k + half]
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU advertises bf16 dot products (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def train_format(model: Any, examples: Sequence[TrainingExample], config: WarmStartConfig, pad_id: int) -> list[float]:
     """Fine-tune ``model`` in place on ``examples`` for ``config.steps`` AdamW steps; returns the loss per step."""
     import torch
@@ -294,7 +304,8 @@ def train_format(model: Any, examples: Sequence[TrainingExample], config: WarmSt
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     batches = paired_batches(examples, config.batch_size, random.Random(config.seed))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if config.autocast_bf16 else contextlib.nullcontext()
+    bf16 = cpu_has_native_bf16() if config.autocast_bf16 is None else config.autocast_bf16
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     model.train()
     losses = []
     for batch in itertools.islice(batches, config.steps):
