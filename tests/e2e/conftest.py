@@ -220,7 +220,9 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
     (work / "sft").mkdir()
     (work / "rl").mkdir()
     model = tiny_world_model_dir(model_cache)
-    rows = synthetic_oracle_rows(str(model), data.TRAIN_OBJECTIVES, data.HOPS, 260, max_turns=data.MAX_TURNS)
+    rows = synthetic_oracle_rows(
+        str(model), data.TRAIN_OBJECTIVES, data.HOPS, 260, max_turns=data.MAX_TURNS, names="pool"
+    )
     sft_file = write_sft(rows, work / "sft.parquet")
     sft = launch_sft(
         work / "sft",
