@@ -13,10 +13,11 @@ def test_sft_loss_falls_and_the_checkpoint_loads(tiny_world):
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     # from random weights, ~ln(1024) = 6.93 nats a token; 40 steps of 32 oracle turns must cut it well down
     assert 6.0 < first < 7.5 and last < first - 2.0, losses
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_world.sft_model)
-    assert model.config.vocab_size == 1024 and all(torch.isfinite(p).all() for p in model.parameters())
+    vocab = len(AutoTokenizer.from_pretrained(tiny_world.sft_model))  # 1,024 BPE entries + the 128 pool names
+    assert model.config.vocab_size == vocab == 1152 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_rl_steps_train_from_the_sft_checkpoint(tiny_world):
