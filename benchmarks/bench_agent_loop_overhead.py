@@ -1,7 +1,7 @@
 """Agent-loop host overhead: time per turn outside generation and the tool, MemPOAgentLoop against verl's ToolAgentLoop.
 
-    python benchmarks/bench_agent_loop_overhead.py                     # 20 timed 16-turn episodes per loop
-    python benchmarks/bench_agent_loop_overhead.py --episodes 5 --tokenizer qwen2.5
+    python -m benchmarks.bench_agent_loop_overhead                     # 20 timed 16-turn episodes per loop
+    python -m benchmarks.bench_agent_loop_overhead --episodes 5 --tokenizer qwen2.5
 
 Both loops run in this process, built by ``eval.loop.make_agent_loop`` as verl's ``AgentLoopWorker`` builds them,
 on the same 16-turn ``synthetic`` episodes (15 objectives of one lookup, then the answer): a scripted server replays

@@ -1,7 +1,7 @@
 """Context growth (the paper's TT / PT claim): the same oracle episodes at k objectives under each context policy.
 
-    python benchmarks/bench_context_growth.py                       # k = 1,2,4,8,16; tiny-world and Qwen2.5 BPE
-    python benchmarks/bench_context_growth.py --episodes 4 --tokenizer tiny-world --png /tmp/growth.png
+    python -m benchmarks.bench_context_growth                       # k = 1,2,4,8,16; tiny-world and Qwen2.5 BPE
+    python -m benchmarks.bench_context_growth --episodes 4 --tokenizer tiny-world --png /tmp/growth.png
 
 Each k gets ``--episodes`` fresh ``synthetic`` worlds (``--hops`` lookups per objective: k * hops + 1 turns); the environment's
 oracle (``envs.synthetic.oracle_turns``) plays them through the real ``MemPOAgentLoop`` under ``memory``, ``mem1``

@@ -1,7 +1,7 @@
 """Memory-credit cost: tokens the scorer computes for the memory-credit plan / the rollout's own tokens, per scorer.
 
-    python benchmarks/bench_credit_cost.py                             # both sources, 2/4/8/16 turns
-    python benchmarks/bench_credit_cost.py --source synthetic --episodes 4 --repeats 1
+    python -m benchmarks.bench_credit_cost                             # both sources, 2/4/8/16 turns
+    python -m benchmarks.bench_credit_cost --source synthetic --episodes 4 --repeats 1
 
 Sessions are built through the real ``MemPOAgentLoop`` (``memory`` policy) from scripted turns, one session per
 episode:

@@ -1,8 +1,8 @@
 """Retrieval latency: BM25 (bm25s) and dense (faiss) in process and through `mempo-retriever serve`, against naive
 baselines in the same run, at 10k and 100k generated passages.
 
-    python benchmarks/bench_retrieval.py                               # 10k and 100k passages
-    python benchmarks/bench_retrieval.py --sizes 10000 --queries 100 --naive-queries 10
+    python -m benchmarks.bench_retrieval                               # 10k and 100k passages
+    python -m benchmarks.bench_retrieval --sizes 10000 --queries 100 --naive-queries 10
 
 The corpus is generated (seeded): ~100-word passages (wiki-18's size) over a 30k-word Zipf vocabulary, and each
 query is 6 words of a random passage. Every query is its own call (one query, top 3), timed end to end:

@@ -53,7 +53,8 @@ def machine() -> str:
 
 def header(title: str) -> str:
     """The block every benchmark prints first: title, machine, date, the command that produced the table."""
-    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    # run as `python -m benchmarks.NAME` from the repository root (the scripts import benchmarks.common)
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
     return "\n".join(
         [
             f"### {title}",
