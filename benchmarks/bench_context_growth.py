@@ -3,12 +3,12 @@
     python -m benchmarks.bench_context_growth                       # k = 1,2,4,8,16; tiny-world and Qwen2.5 BPE
     python -m benchmarks.bench_context_growth --episodes 4 --tokenizer tiny-world --png /tmp/growth.png
 
-Each k gets ``--episodes`` fresh ``synthetic`` worlds (``--hops`` lookups per objective: k * hops + 1 turns); the environment's
-oracle (``envs.synthetic.oracle_turns``) plays them through the real ``MemPOAgentLoop`` under ``memory``, ``mem1``
-and ``full``, so the three policies see the same actions and observations. PT and TT are the loop's own
-``EpisodeSummary`` figures (DESIGN §6): PT = max over turns of prompt + completion tokens, TT = their sum; each cell
-is the mean over the episodes. ``q`` is the tokens of the k questions alone, which every policy shows every turn;
-``obs`` the mean tokens of one lookup's observation (a document), what ``full`` accumulates per turn.
+Each k gets ``--episodes`` fresh ``synthetic`` worlds (``--hops`` lookups per objective: k * hops + 1 turns); the
+environment's oracle (``envs.synthetic.oracle_turns``) plays them through the real ``MemPOAgentLoop`` under
+``memory``, ``mem1`` and ``full``, so the three policies see the same actions and observations. PT and TT are the
+loop's own ``EpisodeSummary`` figures (DESIGN §6): PT = max over turns of prompt + completion tokens, TT = their
+sum; each cell is the mean over the episodes. ``q`` is the tokens of the k questions alone, which every policy shows
+every turn; ``obs`` the mean tokens of one lookup's observation (a document), what ``full`` accumulates per turn.
 
 Targets (issue 13): ``memory`` PT(16) / PT(2) <= 1.5; ``memory`` TT / ``full`` TT <= 0.3 at k >= 8.
 """
@@ -74,9 +74,7 @@ def table(results: dict[int, dict[str, tuple]]) -> str:
     for k, r in results.items():
         pt = [r[p][0] for p in POLICIES]
         tt = [r[p][1] for p in POLICIES]
-        rows.append(
-            [k, r["q"][1], r["q"][0], r["q"][2], *pt, *tt, pt[0] / pt[2], tt[0] / tt[2], tt[1] / tt[2]]
-        )
+        rows.append([k, r["q"][1], r["q"][0], r["q"][2], *pt, *tt, pt[0] / pt[2], tt[0] / tt[2], tt[1] / tt[2]])
     return markdown_table(columns, rows)
 
 
@@ -94,7 +92,9 @@ def verdicts(results: dict[int, dict[str, tuple]]) -> list[str]:
         )
     for k in (k for k in results if k >= 8):
         ratio = results[k]["memory"][1] / results[k]["full"][1]
-        lines.append(f"- k = {k}: memory TT / full TT = {ratio:.3f} (target <= 0.3: {'met' if ratio <= 0.3 else 'missed'})")
+        lines.append(
+            f"- k = {k}: memory TT / full TT = {ratio:.3f} (target <= 0.3: {'met' if ratio <= 0.3 else 'missed'})"
+        )
     return lines
 
 
@@ -109,7 +109,9 @@ def plot(all_results: dict[str, dict[int, dict[str, tuple]]], path: Path) -> Non
     styles = {"tiny-world": "-", "qwen2.5": "--"}
     for tokenizer_name, results in all_results.items():
         ks = list(results)
-        for index, (metric, label) in enumerate(((0, "PT (peak tokens of a turn)"), (1, "TT (tokens of a trajectory)"))):
+        for index, (metric, label) in enumerate(
+            ((0, "PT (peak tokens of a turn)"), (1, "TT (tokens of a trajectory)"))
+        ):
             for policy, color in zip(POLICIES, ("C0", "C1", "C2"), strict=True):
                 values = [results[k][policy][metric] for k in ks]
                 axes[index].plot(ks, values, styles[tokenizer_name], color=color, marker="o",

@@ -84,7 +84,9 @@ def search_qa_sessions(tokenizer: Any, path: str, turns: int, episodes: int) -> 
         script = []
         for i, question in enumerate(row["extra_info"]["questions"], start=1):
             memory = " ".join([*found, f"Q{i}: searching for {question}"])
-            script.append(render_turn(memory, f"Search question {i}.", tool_call=ToolCall("search", {"query": question})))
+            script.append(
+                render_turn(memory, f"Search question {i}.", tool_call=ToolCall("search", {"query": question}))
+            )
             found.append(f"Q{i}: {golds[i - 1]}.")
         script.append(render_turn(" ".join(found), "All found.", answer="; ".join(golds)))
         scripts.append(script)
@@ -170,7 +172,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         cells = [r["turns"], r["segments"], r["sequences"], r["rollout tokens"], r["longest sequence"]]
         cells += [r[name] for name in SCORERS] + [r[name] / r["rollout tokens"] for name in SCORERS]
         if timed_rows:
-            cells += [r["actor padded tokens"], r["rollout pass (s)"], r["actor scoring (s)"], r["actor scoring (s)"] / r["rollout pass (s)"]]
+            cells += [
+                r["actor padded tokens"],
+                r["rollout pass (s)"],
+                r["actor scoring (s)"],
+                r["actor scoring (s)"] / r["rollout pass (s)"],
+            ]
         cells.append(r["plan (s)"])
         lines.append(cells)
     return markdown_table(columns, lines)

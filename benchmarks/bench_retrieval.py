@@ -202,8 +202,12 @@ def dense_rows(documents: list[dict], queries: list[str], work: Path, seed: int 
     rows = [
         summary("dense", size, latencies(lambda q: index.search([q], TOPK), queries), "random document vectors"),
         summary("dense naive", size, latencies(naive, queries), "numpy dot + argpartition"),
-        summary("dense encode", size, latencies(lambda q: embedder.encode([q], embedder.config.query_prefix), queries),
-                "MiniLM-L6, 1 query"),  # fmt: skip
+        summary(
+            "dense encode",
+            size,
+            latencies(lambda q: embedder.encode([q], embedder.config.query_prefix), queries),
+            "MiniLM-L6, 1 query",
+        ),  # fmt: skip
     ]
     index.save(work / f"dense-{size}")
     return rows + served_rows("dense", size, work / f"dense-{size}", queries)
@@ -228,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(["path", "passages", "queries/s", "p50 (ms)", "p99 (ms)", "notes"], rows))
     for name, size, _, p50, _, _ in rows:
         if name == "bm25" and size >= 100_000:
-            print(f"\n- bm25 in process at {size:,}: p50 {p50:.2f} ms (target <= 5 ms: {'met' if p50 <= 5 else 'missed'})")
+            print(
+                f"\n- bm25 in process at {size:,}: p50 {p50:.2f} ms (target <= 5 ms: {'met' if p50 <= 5 else 'missed'})"
+            )
     return 0
 
 
