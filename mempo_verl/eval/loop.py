@@ -10,7 +10,7 @@ keyword arguments verl passes to ``run`` (``prompt`` becomes ``raw_prompt``, as 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -86,14 +86,24 @@ def sampling_params(config: DictConfig) -> dict[str, Any]:
     )
 
 
-def make_agent_loop(config: DictConfig, server: Any, tokenizer: Any, hf_model_type: str | None) -> Any:
-    """``MemPOAgentLoop`` as verl's ``AgentLoopWorker._run_agent_loop`` instantiates it.
+def make_agent_loop(
+    config: DictConfig,
+    server: Any,
+    tokenizer: Any,
+    hf_model_type: str | None,
+    agent_name: str = AGENT_NAME,
+    tools: Sequence[Any] = (),
+) -> Any:
+    """``MemPOAgentLoop`` (or another registered agent loop) as verl's ``AgentLoopWorker._run_agent_loop``
+    instantiates it.
 
     Args:
         config: ``trainer_config(...)``.
         server: anything with verl's ``generate(request_id, *, prompt_ids, sampling_params, **kw) -> TokenOutput``.
         tokenizer: the model's tokenizer.
         hf_model_type: the model's Hugging Face ``model_type`` (selects verl's Continuous Token builder).
+        agent_name: the agent-loop registry name (benchmarks build verl's ``tool_agent`` the same way).
+        tools: verl tools for loops that take them (``ToolAgentLoop``); ``MemPOAgentLoop`` uses its environment's.
     """
     import hydra
     from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap, _agent_loop_registry
@@ -102,7 +112,7 @@ def make_agent_loop(config: DictConfig, server: Any, tokenizer: Any, hf_model_ty
     import mempo_verl.agent_loop  # noqa: F401  (registers mempo_agent)
 
     return hydra.utils.instantiate(
-        config=_agent_loop_registry[AGENT_NAME],
+        config=_agent_loop_registry[agent_name],
         trainer_config=DictConfigWrap(config=config),
         server_manager=server,
         tokenizer=tokenizer,
@@ -110,7 +120,7 @@ def make_agent_loop(config: DictConfig, server: Any, tokenizer: Any, hf_model_ty
         hf_model_type=hf_model_type,
         dataset_cls=RLHFDataset,
         data_config=DictConfigWrap(config.data),
-        tools=ToolListWrap([]),
+        tools=ToolListWrap(list(tools)),
     )
 
 

@@ -1,0 +1,50 @@
+"""Correctness of the benchmark scripts' helpers (never their timings: performance is not asserted in tests)."""
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_credit_cost import prefix_trie_tokens
+from benchmarks.bench_retrieval import NaiveBM25, make_corpus, make_queries
+from benchmarks.common import markdown_table, percentile
+
+
+def test_prefix_trie_tokens_counts_each_distinct_prefix_once():
+    # trie of (1 2 3), (1 2 4), (1 5), (1 2 3) again: nodes 1, 2, 3, 4, 5 -> 5 tokens computed
+    assert prefix_trie_tokens([(1, 2, 3), (1, 2, 4), (1, 5), (1, 2, 3)]) == 5
+    # a sequence that is a prefix of another adds nothing: (1 2) inside (1 2 3)
+    assert prefix_trie_tokens([(1, 2, 3), (1, 2)]) == 3
+    # nothing shared: every token computed
+    assert prefix_trie_tokens([(1,), (2, 3)]) == 3
+    assert prefix_trie_tokens([]) == 0
+
+
+def test_prefix_trie_tokens_matches_a_set_of_prefixes():
+    rng = np.random.default_rng(0)
+    sequences = [tuple(rng.integers(0, 3, size=rng.integers(1, 8)).tolist()) for _ in range(40)]
+    # loop reference: the trie's nodes are the distinct non-empty prefixes
+    prefixes = {s[:i] for s in sequences for i in range(1, len(s) + 1)}
+    assert prefix_trie_tokens(sequences) == len(prefixes)
+
+
+def test_percentile_matches_numpy():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0, 10.0]
+    for q in (0, 50, 90, 99, 100):
+        assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_markdown_table_formats_cells():
+    table = markdown_table(["a", "b"], [[1234, 0.5], [2.0, None]])
+    assert table.splitlines() == ["| a | b |", "|---:|---:|", "| 1,234 | 0.500 |", "| 2.00 | - |"]
+
+
+def test_naive_bm25_ranks_like_bm25s():
+    pytest.importorskip("bm25s")
+    from mempo_verl.retrieval.bm25 import BM25Index
+
+    documents = make_corpus(300)
+    index = BM25Index.build(documents)
+    naive = NaiveBM25(documents)
+    for query in make_queries(documents, 10):
+        # the same tokens and the Lucene formula: the same top 3 (ties aside, none in this corpus)
+        expected = [int(hit.document["id"]) for hit in index.search([query], 3)[0]]
+        assert naive.search(query, 3) == expected
