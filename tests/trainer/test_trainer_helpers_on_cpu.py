@@ -18,6 +18,7 @@ from mempo_verl.memory_credit import (
     question_scoring_messages,
 )
 from mempo_verl.metrics import credit_metrics, episode_metrics
+from mempo_verl.rollout_credit import segment_turns
 from mempo_verl.segments import EpisodeSummary, Segment, TurnRecord
 from mempo_verl.trainer import (
     MemPOTrainer,
@@ -26,7 +27,6 @@ from mempo_verl.trainer import (
     prompt_mini_batches,
     rows_per_mini_batch,
     scoring_row,
-    segment_turns,
 )
 
 
@@ -127,6 +127,7 @@ def test_memory_credit_reads_tool_schemas_from_the_segments_not_the_environment(
     trainer = object.__new__(MemPOTrainer)  # only the memory-credit step: no workers, no TransferQueue
     trainer.mempo = MemPOConfig.from_config({"credit": {"baseline": "question"}})
     trainer.tokenizer = tokenizer
+    trainer.scoring_window = None
     trainer._answer_probabilities = answer_probabilities
     segment = _segment(0, [_turn(0, memory="Paris")], tool_schemas=[SEARCH_SCHEMA])
     credit = trainer._memory_credit([segment], [("u", 0)], "train", metrics={})
