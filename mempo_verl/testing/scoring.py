@@ -10,13 +10,27 @@ positions it read hold NaN, as vLLM leaves them uninitialised (gpu_model_runner.
 
 from __future__ import annotations
 
+import asyncio
+import copy as copy_module
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from verl.workers.rollout.replica import TokenOutput
 
 from mempo_verl.memory_credit import ScoringSequence
+from mempo_verl.segments import Segment
+
+
+@torch.no_grad()
+def peaked(model: Any, factor: float = 20.0) -> Any:
+    """A copy of a random-weight model whose (tied) embeddings are scaled by ``factor``: its next-token distributions
+    become peaked (log-probs from ~0 to below -30), so a log-prob read one position off moves ln P by O(1). With the
+    near-uniform random weights every log-prob is ≈ -ln V and an off-by-one passes any tolerance."""
+    copy = copy_module.deepcopy(model).eval()
+    copy.get_input_embeddings().weight.mul_(factor)
+    return copy
 
 
 @torch.no_grad()
@@ -72,3 +86,30 @@ class ScoringRouter:
         output = await self.scorer.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
         self.scoring.append((len(prompt_ids), output.extra_fields.get("num_cached_tokens")))
         return output
+
+
+def play_oracle_sessions(
+    path: Any, tokenizer: Any, backend: Any, rows: Sequence[Mapping[str, Any]], **overrides: Any
+) -> tuple[list[list[Segment]], list[ScoringRouter]]:
+    """The ``synthetic`` oracle's sessions on ``rows`` through ``MemPOAgentLoop`` (model folder ``path``), its
+    turns scripted and its scoring requests sent to ``backend``; ``overrides`` are dotted config keys.
+
+    Returns:
+        Each session's segments and its router (with the scoring requests' token counts).
+    """
+    from mempo_verl.data.sft import ScriptedTurns, agent_config
+    from mempo_verl.envs.synthetic import oracle_turns
+    from mempo_verl.eval.loop import agent_kwargs, make_agent_loop, sampling_params
+
+    rollout = {"prompt_length": 1024, "response_length": 128, "name": "vllm", "temperature": 1.0}
+    settings = {"mempo.env.name": "synthetic", "mempo.env.kwargs.prompt": "brief", "mempo.agent.max_turns": 6,
+                **{f"actor_rollout_ref.rollout.{k}": v for k, v in rollout.items()}, **overrides}  # fmt: skip
+    config = agent_config(str(path), settings)
+    sessions, routers = [], []
+    for index, row in enumerate(rows):
+        router = ScoringRouter(ScriptedTurns(tokenizer, oracle_turns(row)), backend)
+        loop = make_agent_loop(config, router, tokenizer, "qwen2")
+        outputs = asyncio.run(loop.run(sampling_params(config), **agent_kwargs(row, uid=f"u{index}")))
+        sessions.append([Segment.from_extra_fields(o.extra_fields) for o in outputs])
+        routers.append(router)
+    return sessions, routers

@@ -24,8 +24,7 @@ from mempo_verl.rollout_credit import (
     memory_credit_from_segments,
     score_sequences,
 )
-from mempo_verl.segments import Segment
-from mempo_verl.testing.scoring import CachingServer, reference_probability
+from mempo_verl.testing.scoring import CachingServer, play_oracle_sessions, reference_probability
 
 
 @pytest.fixture(scope="module")
@@ -93,27 +92,6 @@ def world(model_cache):
     return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
 
 
-def play_oracle(path, tokenizer, backend, rows, **overrides):
-    """The synthetic oracle's sessions through MemPOAgentLoop; scoring requests go to ``backend``."""
-    from mempo_verl.data.sft import ScriptedTurns, agent_config
-    from mempo_verl.envs.synthetic import oracle_turns
-    from mempo_verl.eval.loop import agent_kwargs, make_agent_loop, sampling_params
-    from mempo_verl.testing.scoring import ScoringRouter
-
-    rollout = {"prompt_length": 1024, "response_length": 128, "name": "vllm", "temperature": 1.0}
-    settings = {"mempo.env.name": "synthetic", "mempo.env.kwargs.prompt": "brief", "mempo.agent.max_turns": 6,
-                **{f"actor_rollout_ref.rollout.{k}": v for k, v in rollout.items()}, **overrides}  # fmt: skip
-    config = agent_config(str(path), settings)
-    sessions, routers = [], []
-    for index, row in enumerate(rows):
-        router = ScoringRouter(ScriptedTurns(tokenizer, oracle_turns(row)), backend)
-        loop = make_agent_loop(config, router, tokenizer, "qwen2")
-        outputs = asyncio.run(loop.run(sampling_params(config), **agent_kwargs(row, uid=f"u{index}")))
-        sessions.append([Segment.from_extra_fields(o.extra_fields) for o in outputs])
-        routers.append(router)
-    return sessions, routers
-
-
 def expected_credit(tokenizer, model, segments):
     """Per segment (P[ans | q, mem_t], ε_t) written out: the contexts by hand, P by ``reference_probability``."""
     expected = []
@@ -133,7 +111,7 @@ def test_the_agent_loop_writes_rollout_credit_into_every_memory_segment(world):
 
     path, tokenizer, model = world
     rows = make_synthetic_rows(2, objectives=2, hops=1, seed=3, split="test", prompt="brief", names="pool")
-    sessions, routers = play_oracle(path, tokenizer, CachingServer(model, block=32), rows,
+    sessions, routers = play_oracle_sessions(path, tokenizer, CachingServer(model, block=32), rows,
                                     **{"mempo.credit.scorer": "rollout"})  # fmt: skip
     for segments, router in zip(sessions, routers, strict=True):
         assert len(segments) >= 3 and all(s.turns[0].memory is not None for s in segments)
@@ -160,6 +138,6 @@ def test_other_scorers_and_alpha_zero_score_nothing_at_rollout(world):
     path, tokenizer, model = world
     rows = make_synthetic_rows(1, objectives=1, hops=1, seed=4, split="test", prompt="brief", names="pool")
     for overrides in ({"mempo.credit.scorer": "actor"}, {"mempo.credit.scorer": "rollout", "mempo.credit.alpha": 0}):
-        sessions, routers = play_oracle(path, tokenizer, CachingServer(model, block=32), rows, **overrides)
+        sessions, routers = play_oracle_sessions(path, tokenizer, CachingServer(model, block=32), rows, **overrides)
         assert routers[0].scoring == []
         assert all(s.credit is None and s.credit_stats is None for s in sessions[0])
