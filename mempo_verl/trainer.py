@@ -8,7 +8,8 @@ without the session structure, so MemPO owns `_compute_advantage`:
     2. KL-in-reward and rollout correction exactly as verl does (verl's own functions)
     3. memory credit (Eq. 4–5): teacher-forced scoring sequences for every `<mem>` segment, scored in ONE batched
        `compute_log_prob` call of the actor (the π that generated them; `scorer: ref` uses the reference policy)
-       -> R^M per segment
+       -> R^M per segment; under `scorer: rollout` the agent loop already scored them at session end
+       (`rollout_credit.py`) and this step only reads them from the segments
     4. the `mempo` advantage: A^T per session (GRPO over the prompt's sessions) + α·A^M on `<mem>` tokens (Eq. 9)
     5. write advantages back to TransferQueue, log the mempo/* metrics
 
