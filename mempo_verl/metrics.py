@@ -89,3 +89,22 @@ def credit_metrics(
     if outside.any():
         metrics["mempo/adv/other_tokens/mean"] = advantages[outside].mean().item()
     return metrics
+
+
+def rollout_scoring_metrics(segments: list[Segment | None]) -> dict[str, float]:
+    """The step's memory-credit work under ``scorer: rollout``, summed over the sessions' ``CreditStats``; the same
+    names as the actor scorer's (``MemPOTrainer._memory_credit``), ``computed_tokens`` net of prefix reuse.
+
+    Args:
+        segments: `(B,)` segment metadata, None for padding rows.
+    """
+    stats = [s.credit_stats for s in segments if s is not None and s.is_last and s.credit_stats is not None]
+    return {
+        "mempo/memory_credit/sequences": sum(s.sequences for s in stats),
+        "mempo/memory_credit/segments": sum(s is not None and s.credit is not None for s in segments),
+        "mempo/memory_credit/scored_tokens": sum(s.scored_tokens for s in stats),
+        "mempo/memory_credit/computed_tokens": sum(s.computed_tokens for s in stats),
+        "mempo/memory_credit/retries": sum(s.retries for s in stats),
+        "mempo/credit_eps_truncated": sum(s.eps_truncated for s in stats),
+        "mempo/memory_credit/too_long": sum(s.too_long for s in stats),
+    }

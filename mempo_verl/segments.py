@@ -100,6 +100,35 @@ class EpisodeSummary:
 
 
 @dataclass(frozen=True)
+class SegmentCredit:
+    """P[ans | ·] of one ``<mem>`` segment as the rollout server scored it at session end (``mempo.credit.scorer:
+    rollout``, ``rollout_credit.py``); the trainer only z-scores them (A^M)."""
+
+    p_memory: float
+    """P[ans | q, mem_t] (Eq. 4 on the memory context)."""
+    p_baseline: float
+    """ε_t (Eq. 5): P[ans | q, s_<t] under ``baseline: prefix``, P[ans | q] under ``question``, 0 under ``none``."""
+
+
+@dataclass(frozen=True)
+class CreditStats:
+    """The scoring work of one session under ``scorer: rollout`` (last segment only)."""
+
+    sequences: int
+    """Distinct scoring sequences of the session."""
+    scored_tokens: int
+    """Σ of their lengths: the tokens a scorer without prefix reuse computes."""
+    computed_tokens: int
+    """Tokens the server actually computed (length − ``num_cached_tokens`` per request, retries included)."""
+    retries: int
+    """Requests sent again without cache reads, because their cached prefix reached a gold-answer token."""
+    eps_truncated: int
+    """ε contexts whose oldest turns were dropped to fit the scoring window (``memory_credit.plan_memory_credit``)."""
+    too_long: int
+    """``<mem>`` segments left without R^M because even their shortest context does not fit the window."""
+
+
+@dataclass(frozen=True)
 class Segment:
     """The metadata of one training row. Round-trips through ``to_extra_fields`` / ``from_extra_fields``."""
 
@@ -140,6 +169,11 @@ class Segment:
     """The environment's tool schemas as the rollout's chat template received them (its system turn lists them);
     memory credit opens its scoring contexts with the same ones, so the trainer never builds the environment
     (a retrieval index) just to read them. () = no tools."""
+    credit: SegmentCredit | None = None
+    """The rollout scorer's P[ans | ·] (``mempo.credit.scorer: rollout``); None: not scored at rollout (another
+    scorer, α = 0, no ``<mem>`` or no gold answer: A^T only)."""
+    credit_stats: CreditStats | None = None
+    """The session's scoring work under ``scorer: rollout`` (last segment only)."""
 
     def __post_init__(self) -> None:
         if not self.turns:
@@ -169,8 +203,9 @@ class Segment:
         data["turns"] = tuple(_turn_from_dict(t) for t in data["turns"])
         data["questions"] = tuple(data["questions"])
         data["tool_schemas"] = tuple(data.get("tool_schemas") or ())
-        if data.get("episode") is not None:
-            data["episode"] = EpisodeSummary(**data["episode"])
+        for key, kind in (("episode", EpisodeSummary), ("credit", SegmentCredit), ("credit_stats", CreditStats)):
+            if data.get(key) is not None:
+                data[key] = kind(**data[key])
         return cls(**data)
 
 

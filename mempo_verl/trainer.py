@@ -8,7 +8,8 @@ without the session structure, so MemPO owns `_compute_advantage`:
     2. KL-in-reward and rollout correction exactly as verl does (verl's own functions)
     3. memory credit (Eq. 4–5): teacher-forced scoring sequences for every `<mem>` segment, scored in ONE batched
        `compute_log_prob` call of the actor (the π that generated them; `scorer: ref` uses the reference policy)
-       -> R^M per segment
+       -> R^M per segment; under `scorer: rollout` the agent loop already scored them at session end
+       (`rollout_credit.py`) and this step only reads them from the segments
     4. the `mempo` advantage: A^T per session (GRPO over the prompt's sessions) + α·A^M on `<mem>` tokens (Eq. 9)
     5. write advantages back to TransferQueue, log the mempo/* metrics
 
@@ -47,16 +48,16 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from mempo_verl.advantage import compute_mempo_advantage, memory_advantage, memory_group_stats
-from mempo_verl.config import MemPOConfig, check_verl_config
+from mempo_verl.config import MemPOConfig, check_verl_config, model_positions, scoring_window
 from mempo_verl.memory_credit import (
     MemoryCredit,
     ScoringSequence,
-    SegmentTurn,
     geometric_mean_prob,
     memory_credit_from_probabilities,
     plan_memory_credit,
 )
-from mempo_verl.metrics import credit_metrics, episode_metrics
+from mempo_verl.metrics import credit_metrics, episode_metrics, rollout_scoring_metrics
+from mempo_verl.rollout_credit import memory_credit_from_segments, segment_turns
 from mempo_verl.segments import Segment
 
 logger = logging.getLogger(__name__)
@@ -68,32 +69,6 @@ _ADVANTAGE_FIELDS = ["uid", "session_id", "extra_fields", "response_mask", "rm_s
 def _non_tensor(data: TensorDict, key: str) -> list[Any]:
     value = data[key]
     return value.tolist() if hasattr(value, "tolist") else list(value)
-
-
-def segment_turns(segments: list[Segment | None], sessions: list[Any]) -> list[SegmentTurn | None]:
-    """What memory credit reads of each row; None for rows it skips (padding, the `full` policy's whole-history
-    rows: their A^M has no single `<mem>` to credit, DESIGN §3)."""
-    rows: list[SegmentTurn | None] = []
-    for segment, session in zip(segments, sessions, strict=True):
-        if segment is None or len(segment.turns) != 1:
-            rows.append(None)
-            continue
-        turn = segment.turns[0]
-        rows.append(
-            SegmentTurn(
-                session=session,
-                turn_index=turn.turn_index,
-                text=turn.text,
-                observation=turn.observation,
-                # R^M credits the memory later turns read: cut to mempo.context.memory_token_budget when over it
-                memory=turn.memory_in_context if turn.mem_span is not None else None,
-                task_prompt=segment.task_prompt,
-                question=segment.question_text,
-                gold_answer=segment.gold_answer,
-                tools=segment.tool_schemas,
-            )
-        )
-    return rows
 
 
 def memory_token_mask(segments: list[Segment | None], response_lengths: list[int], width: int) -> torch.Tensor:
@@ -200,6 +175,10 @@ class MemPOTrainer(PPOTrainerSync):
         super().__init__(config)
         self.mempo = MemPOConfig.from_config(config.get("mempo"))
         check_verl_config(self.mempo, config)
+        # the most tokens of a scoring sequence (plan_memory_credit's length policy)
+        self.scoring_window = scoring_window(
+            self.mempo, config, model_positions(str(config.actor_rollout_ref.model.path))
+        )
         self.mini_batches: int | None = None  # K under `mempo.update.mini_batch: prompts`; None: verl's row count
         if self.mempo.update.mini_batch == "prompts":
             if self.use_critic or is_distillation_enabled(config.get("distillation")):
@@ -306,18 +285,31 @@ class MemPOTrainer(PPOTrainerSync):
     def _memory_credit(
         self, segments: list[Segment | None], sessions: list[Any], partition_id: str, metrics: dict
     ) -> MemoryCredit:
+        """R^M per row (Eq. 5): read from the segments (``scorer: rollout``, scored at session end) or scored here
+        by the actor / reference in one batched call."""
         started = time.perf_counter()
+        if self.mempo.credit.scorer == "rollout":
+            credit = memory_credit_from_segments(segments)
+            metrics.update(rollout_scoring_metrics(segments))
+            metrics["timing_s/memory_credit"] = time.perf_counter() - started
+            return credit
         # α = 0 (GRPO in memory format): A^M is never used, so nothing is scored
         rows = segment_turns(segments, sessions) if self.mempo.credit.alpha != 0 else [None] * len(segments)
-        plan = plan_memory_credit(rows, self.tokenizer, self.mempo.credit.baseline, self.mempo.tags)
+        plan = plan_memory_credit(
+            rows, self.tokenizer, self.mempo.credit.baseline, self.mempo.tags, max_length=self.scoring_window
+        )
         if plan.sequences:
             probabilities = self._answer_probabilities(plan.sequences, partition_id)
         else:
             probabilities = torch.zeros(0)
         credit = memory_credit_from_probabilities(plan, probabilities, len(segments))
+        scored_tokens = sum(len(s.input_ids) for s in plan.sequences)
         metrics["mempo/memory_credit/sequences"] = len(plan.sequences)
         metrics["mempo/memory_credit/segments"] = len(plan.memory_rows)
-        metrics["mempo/memory_credit/scored_tokens"] = sum(len(s.input_ids) for s in plan.sequences)
+        metrics["mempo/memory_credit/scored_tokens"] = scored_tokens
+        metrics["mempo/memory_credit/computed_tokens"] = scored_tokens  # the actor recomputes every token
+        metrics["mempo/credit_eps_truncated"] = plan.eps_truncated
+        metrics["mempo/memory_credit/too_long"] = plan.too_long
         metrics["timing_s/memory_credit"] = time.perf_counter() - started
         return credit
 

@@ -418,3 +418,47 @@ def test_incomplete_session_history_is_an_error(tokenizer, turns, message):
     rows = [_segment_turn("A", t, f"m{t}") for t in turns]
     with pytest.raises(ValueError, match=rf"session 'A' has {message}"):
         plan_memory_credit(rows, tokenizer, baseline="prefix")
+
+
+# --- the length policy: ε contexts beyond the scoring window --------------------------------------------------------
+
+
+def _long_session(tokenizer):
+    """Three turns whose observations are long, so ε_2's history [turn 0, turn 1] is much longer than its memory."""
+    observations = ["Doc A " + "alpha " * 60, "Doc B " + "beta " * 60, None]
+    texts = [f"<mem>m{t}</mem><think>t</think><tool_call>{{}}</tool_call>" for t in range(3)]
+    return [_segment_turn("A", t, f"m{t}", text=texts[t], observation=observations[t]) for t in range(3)]
+
+
+def test_eps_over_the_window_keeps_the_newest_turns_that_fit(tokenizer):
+    rows = _long_session(tokenizer)
+    full = plan_memory_credit(rows, tokenizer, baseline="prefix")
+    turn_0, turn_1 = (HistoryTurn(r.text, r.observation) for r in rows[:2])
+    # the lengths, measured independently: ε_2 over both turns, over turn 1 only, and the memory contexts
+    both = len(
+        build_scoring_sequence(tokenizer, history_scoring_messages("Task.", "Q?", [turn_0, turn_1]), "Paris").input_ids
+    )
+    newest = build_scoring_sequence(tokenizer, history_scoring_messages("Task.", "Q?", [turn_1]), "Paris")
+    assert len(newest.input_ids) < both
+    window = len(newest.input_ids)  # fits [turn 1] exactly, not [turn 0, turn 1]
+    plan = plan_memory_credit(rows, tokenizer, baseline="prefix", max_length=window)
+    # every row keeps its R^M; ε_2 is scored on turn 1 alone (the oldest turn dropped), ε_1 on turn 0 (it fits)
+    assert plan.memory_rows == (0, 1, 2) and plan.too_long == 0
+    assert plan.sequences[plan.baseline_sequence[2]] == newest
+    assert plan.sequences[plan.baseline_sequence[1]] == full.sequences[full.baseline_sequence[1]]
+    assert plan.eps_truncated == 1
+    assert max(len(s.input_ids) for s in plan.sequences) <= window
+    # with no window nothing is cut
+    assert full.eps_truncated == 0 and full.too_long == 0
+
+
+def test_a_context_that_never_fits_leaves_the_row_without_memory_credit(tokenizer):
+    rows = _long_session(tokenizer)
+    memory_0 = build_scoring_sequence(tokenizer, memory_scoring_messages("Task.", "Q?", "m0"), "Paris")
+    question = build_scoring_sequence(tokenizer, question_scoring_messages("Task.", "Q?"), "Paris")
+    assert len(question.input_ids) < len(memory_0.input_ids)
+    # one token short of every memory context: no row gets R^M, none crashes, all three are counted
+    plan = plan_memory_credit(rows, tokenizer, baseline="prefix", max_length=len(memory_0.input_ids) - 1)
+    assert plan.memory_rows == () and plan.sequences == () and plan.too_long == 3
+    with pytest.raises(ValueError, match="max_length must be >= 2"):
+        plan_memory_credit(rows, tokenizer, max_length=1)

@@ -8,16 +8,21 @@ import json
 
 import pytest
 import torch
+from tensordict import TensorDict
 
 from mempo_verl import agent_loop
 from mempo_verl.config import MemPOConfig
 from mempo_verl.memory_credit import (
+    HistoryTurn,
     MemoryCredit,
     build_scoring_sequence,
+    history_scoring_messages,
     memory_scoring_messages,
+    plan_memory_credit,
     question_scoring_messages,
 )
 from mempo_verl.metrics import credit_metrics, episode_metrics
+from mempo_verl.rollout_credit import segment_turns
 from mempo_verl.segments import EpisodeSummary, Segment, TurnRecord
 from mempo_verl.trainer import (
     MemPOTrainer,
@@ -26,7 +31,6 @@ from mempo_verl.trainer import (
     prompt_mini_batches,
     rows_per_mini_batch,
     scoring_row,
-    segment_turns,
 )
 
 
@@ -127,6 +131,7 @@ def test_memory_credit_reads_tool_schemas_from_the_segments_not_the_environment(
     trainer = object.__new__(MemPOTrainer)  # only the memory-credit step: no workers, no TransferQueue
     trainer.mempo = MemPOConfig.from_config({"credit": {"baseline": "question"}})
     trainer.tokenizer = tokenizer
+    trainer.scoring_window = None
     trainer._answer_probabilities = answer_probabilities
     segment = _segment(0, [_turn(0, memory="Paris")], tool_schemas=[SEARCH_SCHEMA])
     credit = trainer._memory_credit([segment], [("u", 0)], "train", metrics={})
@@ -236,3 +241,141 @@ def test_fixed_micro_batch_multiple_by_hand():
     assert fixed_micro_batch_multiple(2, 2, 4, (6,)) == 48
     # no log-prob micro-batch sizes set: the update alone
     assert fixed_micro_batch_multiple(1, 3, 2, ()) == 6
+
+
+# --- scorer: rollout start checks and the scoring window --------------------------------------------------------------
+
+
+def _tiny_cpu(overrides=()):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    with initialize_config_dir(config_dir=str(recipes), version_base=None):
+        return compose(config_name="tiny_cpu", overrides=list(overrides))
+
+
+def test_rollout_scorer_needs_vllm_at_temperature_one():
+    from mempo_verl.config import check_verl_config
+
+    def check(overrides):
+        config = _tiny_cpu(overrides)
+        check_verl_config(MemPOConfig.from_config(config.mempo), config)
+
+    check(["mempo.credit.scorer=rollout"])
+    # vLLM's prompt log-probs are of the untempered logits: at 0.7 they would score another policy than the actor's
+    with pytest.raises(ValueError, match=r"scorer=rollout needs .*temperature=1\.0 \(got 0\.7\)"):
+        check(["mempo.credit.scorer=rollout", "actor_rollout_ref.rollout.temperature=0.7"])
+    with pytest.raises(ValueError, match=r"rollout\.name=vllm \(got 'sglang'\)"):
+        check(["mempo.credit.scorer=rollout", "actor_rollout_ref.rollout.name=sglang"])
+    check(["mempo.credit.scorer=rollout", "actor_rollout_ref.rollout.temperature=0.7", "mempo.credit.alpha=0"])
+
+
+def test_scoring_window_is_the_rollout_window_less_one_token():
+    from mempo_verl.config import scoring_window
+
+    def window(overrides, positions=2048):
+        config = _tiny_cpu(overrides)
+        return scoring_window(MemPOConfig.from_config(config.mempo), config, positions)
+
+    assert window([]) == 2047  # max_model_len unset: verl serves max_position_embeddings; one token must be generated
+    assert window(["actor_rollout_ref.rollout.max_model_len=1000"]) == 999
+    dynamic = ["actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
+               "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=512"]  # fmt: skip
+    assert window(dynamic) == 512  # the actor's engine asserts on sequences past its token budget
+    assert window([*dynamic, "mempo.credit.scorer=rollout"]) == 2047  # the server has no such budget
+    assert window([*dynamic, "mempo.credit.max_scoring_tokens=300"]) == 300
+
+
+def test_memory_credit_counts_eps_contexts_cut_to_the_window(tokenizer):
+    trainer = object.__new__(MemPOTrainer)
+    trainer.mempo = MemPOConfig.from_config({})
+    trainer.tokenizer = tokenizer
+    trainer._answer_probabilities = lambda sequences, partition_id: torch.full((len(sequences),), 0.5)
+    long_turn = dict(observation="Doc " + "alpha " * 80)
+    segments = [_segment(t, [_turn(t, memory=f"m{t}", **long_turn)]) for t in range(3)]
+    metrics = {}
+    trainer.scoring_window = None
+    trainer._memory_credit(segments, [("u", 0)] * 3, "train", metrics)
+    assert metrics["mempo/credit_eps_truncated"] == 0
+    longest = metrics["mempo/memory_credit/scored_tokens"]
+    one_turn = [HistoryTurn(segments[0].turns[0].text, segments[0].turns[0].observation)]
+    epsilon_1 = build_scoring_sequence(tokenizer, history_scoring_messages("Task.", "Q?", one_turn), "Paris")
+    trainer.scoring_window = len(epsilon_1.input_ids)  # ε_1 (one long observation) fits, ε_2 (two) does not
+    credit = trainer._memory_credit(segments, [("u", 0)] * 3, "train", metrics)
+    assert metrics["mempo/credit_eps_truncated"] == 1 and metrics["mempo/memory_credit/too_long"] == 0
+    assert credit.has_memory.tolist() == [True, True, True] and metrics["mempo/memory_credit/scored_tokens"] < longest
+
+
+# --- the actor scoring path against an independent computation -------------------------------------------------------
+
+
+class _FakeStore:
+    """TransferQueue's kv calls the trainer makes, in memory: one TensorDict per put, fields added by the worker; a
+    get returns per-row tensors as jagged nested tensors, as TransferQueue packs them (simple_storage_manager.py
+    `_pack_field_values`) whether or not the rows have equal lengths."""
+
+    def __init__(self):
+        self.rows: dict[str, TensorDict] = {}
+        self.cleared: list[str] = []
+
+    def kv_batch_put(self, keys, partition_id, fields, tags=None):
+        self.rows[tuple(keys)] = fields
+
+    def kv_batch_get(self, keys, partition_id, select_fields):
+        fields = self.rows[tuple(keys)]
+        packed = {
+            f: torch.nested.as_nested_tensor(list(fields[f].unbind()), layout=torch.jagged) for f in select_fields
+        }
+        return TensorDict(packed, batch_size=len(keys))
+
+    def kv_clear(self, keys, partition_id):
+        self.cleared.extend(keys)
+
+
+class _FakeActor:
+    """`compute_log_prob` of verl's engine on CPU, written out: per row, log_probs over the whole sequence in the
+    engine's layout (position i holds log π(ids[i+1] | ids[≤i]), `padding.response_from_nested` shifts it back)."""
+
+    def __init__(self, model, store, dp_size):
+        self.model, self.store, self.dp_size = model, store, dp_size
+        self.row_counts: list[int] = []
+
+    def _query_dispatch_info(self, role):
+        return list(range(self.dp_size))
+
+    @torch.no_grad()
+    def compute_log_prob(self, meta):
+        fields = self.store.rows[tuple(meta.keys)]
+        rows = []
+        for ids in fields["input_ids"].unbind():
+            logits = self.model(input_ids=ids[None]).logits[0] / meta.extra_info["temperature"]  # (L, V)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            shifted = logprobs[:-1].gather(-1, ids[1:, None]).squeeze(-1)  # (L - 1,) next-token log-probs
+            rows.append(torch.cat([shifted, torch.zeros(1)]))  # the last position predicts nothing
+        self.row_counts.append(len(rows))
+        fields["log_probs"] = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+def test_actor_scoring_path_matches_a_loop_over_the_gold_tokens(monkeypatch, tokenizer, tiny_model):
+    from mempo_verl import trainer as trainer_module
+    from mempo_verl.testing.scoring import peaked, reference_probability
+
+    model = peaked(tiny_model)  # peaked distributions: a gold mask one token off moves ln P by O(1)
+    store = _FakeStore()
+    monkeypatch.setattr(trainer_module, "tq", store)
+    trainer = object.__new__(MemPOTrainer)
+    trainer.config = _tiny_cpu()  # log-prob micro-batches of 8: 2 dp ranks x 8 = rows padded to a multiple of 16
+    trainer.mempo = MemPOConfig.from_config(trainer.config.mempo)
+    trainer.actor_rollout_wg = _FakeActor(model, store, dp_size=2)
+    texts = ["<mem>need capital</mem><think>s</think><tool_call>{}</tool_call>", "<mem>France</mem><think>s</think>"]
+    segments = [_segment(t, [_turn(t, memory=m, text=texts[t])]) for t, m in enumerate(["need capital", "France"])]
+    plan = plan_memory_credit(segment_turns(segments, [("u", 0)] * 2), tokenizer, "prefix")
+    assert len(plan.sequences) == 4  # two memory contexts, ε_1 = P[ans | q], ε_2 over turn 0
+    probabilities = trainer._answer_probabilities(plan.sequences, "train")
+    expected = torch.tensor([reference_probability(model, s) for s in plan.sequences], dtype=torch.float64)
+    # relative: |ln P - ln P_ref| <= 1e-4 (the peaked model's P are far below 1e-4, an absolute bound would be empty)
+    torch.testing.assert_close(probabilities.double().log(), expected.log(), atol=1e-4, rtol=0)
+    # the worker saw 16 rows (4 sequences + 12 copies of the last), every scoring key was cleared
+    assert trainer.actor_rollout_wg.row_counts == [16] and len(store.cleared) == 16

