@@ -45,20 +45,6 @@ def sample_data_path(split: str = "train", objectives: int = 1) -> str:
     return str(path)
 
 
-def tiny_model_path(kind: str = "random") -> str:
-    """The tiny offline Qwen2 folder (built on first use): `random` weights, or `format` (briefly fine-tuned to
-    write the MemPO turn format, `mempo_verl.testing.warm_start`, where that module is installed)."""
-    from mempo_verl.testing.tiny_model import tiny_model_dir
-
-    if kind == "random":
-        return str(tiny_model_dir())
-    if kind == "format":
-        from mempo_verl.testing.warm_start import format_tuned_model_dir
-
-        return str(format_tuned_model_dir())
-    raise ValueError(f"${{mempo_tiny_model:{kind}}}: unknown kind; choose one of ['random', 'format']")
-
-
 def tiny_world_path(kind: str) -> str:
     """The tiny world's fixtures (``mempo_verl.tiny``), built on first use: ``model`` (random weights), ``sft_model``
     (after the SFT cold start), ``train`` / ``test`` (RL prompts), ``sft_train`` (the oracle's SFT rows)."""
@@ -78,6 +64,8 @@ def tiny_world_path(kind: str) -> str:
 
 def register_resolvers() -> None:
     """OmegaConf resolvers for the embedded defaults (idempotent)."""
+    from mempo_verl.tiny.models import tiny_model_path
+
     if not OmegaConf.has_resolver("mempo_tiny_world"):
         OmegaConf.register_new_resolver("mempo_tiny_world", tiny_world_path)
     if not OmegaConf.has_resolver("mempo_tiny_model"):

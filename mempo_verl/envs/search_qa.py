@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from mempo_verl.data import sample_corpus_path
 from mempo_verl.envs.base import Environment, Observation, sample_questions, turn_format_prompt
 from mempo_verl.envs.registry import config_from_kwargs, register_env
 from mempo_verl.protocol import ToolCall
@@ -118,9 +119,12 @@ def _cached_local_index(
 
 def _local_retriever(config: SearchQAConfig) -> Retriever:
     options = tuple(sorted(config.retriever_options.items()))
+    corpus_path = config.corpus_path
+    if config.index_dir is None and corpus_path is None:
+        corpus_path = str(sample_corpus_path())  # `corpus_path`'s documented default
     # why the lock: lru_cache does not stop two threads from building the same index at once
     with _INDEX_LOCK:
-        return _cached_local_index(config.backend, config.index_dir, config.corpus_path, options)
+        return _cached_local_index(config.backend, config.index_dir, corpus_path, options)
 
 
 def _http_retriever(config: SearchQAConfig) -> Retriever:

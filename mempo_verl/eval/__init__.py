@@ -18,9 +18,9 @@ from mempo_verl.eval.backends import (
     parse_completion,
 )
 from mempo_verl.eval.config import BackendConfig, BudgetConfig, EvalConfig, SamplingConfig
-from mempo_verl.eval.metrics import ExampleMetrics, SummaryRow, example_metrics, summarize, token_totals
+from mempo_verl.eval.metrics import ExampleMetrics, SummaryRow, example_metrics, token_totals
 from mempo_verl.eval.records import EvalRecord, ExampleError, RecordStore
-from mempo_verl.eval.report import compare, write_reports
+from mempo_verl.eval.report import compare, summarize, write_reports
 from mempo_verl.eval.runner import RunResult, run_eval
 from mempo_verl.eval.testsets import EvalExample, load_examples
 

@@ -38,7 +38,7 @@ from mempo_verl.eval.config import (
 logger = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
-"""``--model tiny:random`` / ``tiny:format``: the offline tiny model (``mempo_verl.main.tiny_model_path``)."""
+"""``--model tiny:random`` / ``tiny:format``: the offline tiny model (``mempo_verl.tiny.models.tiny_model_path``)."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -106,7 +106,7 @@ def resolve_model(name: str) -> str:
     """``tiny:random`` / ``tiny:format`` -> the offline tiny model's folder (built on first use); else ``name``."""
     if not name.startswith(TINY_PREFIX):
         return name
-    from mempo_verl.main import tiny_model_path
+    from mempo_verl.tiny.models import tiny_model_path
 
     return tiny_model_path(name[len(TINY_PREFIX) :])
 

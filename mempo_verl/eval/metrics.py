@@ -8,7 +8,7 @@ Per example (k objectives, turns t = 0..n-1 with context c_t and generation g_t 
     PT           max_t (c_t + g_t)        peak tokens of one call: the context the model must hold
     memory       tokens of each ``<mem>`` block written (tags included)
 
-Aggregated over the examples of a group (errors are counted, not averaged):
+Aggregated over the examples of a group (errors are counted, not averaged; ``report.summarize`` forms the groups):
 
     EM, F1       mean over examples of (1/k) Σ_i EM_i x 100 (MemPO's tables), or of Σ_i EM_i (MEM1, ``sum``)
     all-EM       % of examples with every objective exactly right (R^T's condition, format aside)
@@ -22,21 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from mempo_verl.eval.config import ObjectiveScore
 from mempo_verl.rewards import AnswerScore
 from mempo_verl.segments import TERMINATION_REASONS, Segment, TurnRecord
 
-if TYPE_CHECKING:
-    from mempo_verl.eval.records import EvalRecord
-
 FORMAT_ERROR_TERMINATIONS: frozenset[str] = frozenset({"format_error", "unknown_tool", "undecodable", "truncated"})
 """Terminations caused by a malformed turn (the model broke the format), as opposed to budgets (``max_turns``,
 ``prompt_budget``) and answers."""
-
-ALL_DATASETS = "all"
-"""The dataset name of rows pooled over datasets (``summarize(..., by_dataset=False)``)."""
 
 
 @dataclass(frozen=True)
@@ -184,23 +177,3 @@ def summarize_group(
         env_failures=_mean([m.env_failures for m in metrics]),
         termination={r: _mean([100.0 * (m.termination == r) for m in metrics]) for r in TERMINATION_REASONS},
     )
-
-
-def summarize(
-    records: Sequence[EvalRecord], mode: ObjectiveScore = "mean", *, by_dataset: bool = True
-) -> list[SummaryRow]:
-    """Aggregate records per (method, dataset, k), or per (method, k) pooling datasets (dataset ``"all"``).
-
-    Rows come sorted by objective count, then method in first-seen order; examples are taken in key order, so
-    the same set of records gives the same floats however the run was split (a resumed run included).
-    """
-    method_order = {m: i for i, m in enumerate(dict.fromkeys(r.method for r in records))}
-    groups: dict[tuple[str, str, int], list[EvalRecord]] = {}
-    for record in sorted(records, key=lambda r: r.key):
-        dataset = record.dataset if by_dataset else ALL_DATASETS
-        groups.setdefault((record.method, dataset, record.objectives), []).append(record)
-    rows = []
-    for (method, dataset, k), group in sorted(groups.items(), key=lambda g: (g[0][2], method_order[g[0][0]], g[0][1])):
-        finished = [r.metrics for r in group if r.metrics is not None]
-        rows.append(summarize_group(method, dataset, k, finished, len(group) - len(finished), mode))
-    return rows

@@ -1,5 +1,6 @@
-"""Reports of a run: ``summary.csv`` (one row per method, dataset and k), ``summary.md`` (the methods side by side,
-then every metric), the plots, and the ``--compare`` report of two runs.
+"""Reports of a run: records grouped into summary rows (``summarize``), ``summary.csv`` (one row per method,
+dataset and k), ``summary.md`` (the methods side by side, then every metric), the plots, and the ``--compare``
+report of two runs.
 
 Numbers: EM, F1, all-EM, format errors and termination shares in % (EM / F1 summed over objectives instead when
 the run's objective score is ``sum``); TT, PT and memory in tokens of the model's tokenizer.
@@ -14,7 +15,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from mempo_verl.eval.config import ObjectiveScore
-from mempo_verl.eval.metrics import SummaryRow, summarize
+from mempo_verl.eval.metrics import SummaryRow, summarize_group
 from mempo_verl.eval.records import EvalRecord, RecordStore
 from mempo_verl.segments import TERMINATION_REASONS
 
@@ -26,6 +27,9 @@ OBJECTIVE_UNITS: dict[ObjectiveScore, str] = {
     "sum": "summed over objectives (MEM1)",
 }
 """How ``summary.md`` words each objective score."""
+
+ALL_DATASETS = "all"
+"""The dataset name of rows pooled over datasets (``summarize(..., by_dataset=False)``)."""
 
 SIDE_BY_SIDE: tuple[tuple[str, str], ...] = (("f1", "F1"), ("em", "EM"), ("tt", "TT"), ("pt", "PT"))
 """The metrics of the side-by-side table (column label per field)."""
@@ -44,6 +48,26 @@ DETAIL: tuple[tuple[str, str], ...] = (
     ("env_failures", "env fails"),
 )
 """The metrics of the detailed table."""
+
+
+def summarize(
+    records: Sequence[EvalRecord], mode: ObjectiveScore = "mean", *, by_dataset: bool = True
+) -> list[SummaryRow]:
+    """Aggregate records per (method, dataset, k), or per (method, k) pooling datasets (dataset ``"all"``).
+
+    Rows come sorted by objective count, then method in first-seen order; examples are taken in key order, so
+    the same set of records gives the same floats however the run was split (a resumed run included).
+    """
+    method_order = {m: i for i, m in enumerate(dict.fromkeys(r.method for r in records))}
+    groups: dict[tuple[str, str, int], list[EvalRecord]] = {}
+    for record in sorted(records, key=lambda r: r.key):
+        dataset = record.dataset if by_dataset else ALL_DATASETS
+        groups.setdefault((record.method, dataset, record.objectives), []).append(record)
+    rows = []
+    for (method, dataset, k), group in sorted(groups.items(), key=lambda g: (g[0][2], method_order[g[0][0]], g[0][1])):
+        finished = [r.metrics for r in group if r.metrics is not None]
+        rows.append(summarize_group(method, dataset, k, finished, len(group) - len(finished), mode))
+    return rows
 
 
 def _fmt(value: float | int) -> str:

@@ -30,7 +30,7 @@ from mempo_verl.data.sft import turn_messages
 from mempo_verl.eval.backends import Backend, BackendError, EpisodeServer, make_backend
 from mempo_verl.eval.config import EvalConfig
 from mempo_verl.eval.loop import agent_kwargs, make_agent_loop, sampling_params, trainer_config
-from mempo_verl.eval.metrics import SummaryRow, example_metrics, summarize
+from mempo_verl.eval.metrics import SummaryRow, example_metrics
 from mempo_verl.eval.records import ErrorKind, EvalRecord, ExampleError, RecordStore, turn_traces
 from mempo_verl.eval.testsets import EvalExample, load_examples
 from mempo_verl.segments import Segment
@@ -206,7 +206,7 @@ def run_eval(config: EvalConfig, backend: Backend | None = None) -> RunResult:
         config: the run's settings.
         backend: an already built backend (tests inject one); default ``make_backend(config.backend)``.
     """
-    from mempo_verl.eval.report import write_reports
+    from mempo_verl.eval.report import summarize, write_reports
 
     start = time.perf_counter()
     out_dir = Path(config.out_dir)

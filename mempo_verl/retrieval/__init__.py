@@ -1,6 +1,6 @@
 """Retrieval for the search tool: in-process BM25 and dense indexes, a Search-R1-compatible server and client.
 
-    retriever = make_retriever("bm25")                # shipped sample corpus; or index_dir=..., or "http", url=...
+    retriever = make_retriever("bm25", corpus_path=mempo_verl.data.sample_corpus_path())  # or index_dir=..., "http"
     hits = retriever.search(["who invented the tide clock"], topk=3)[0]
     observation = format_passages(hits)              # 'Doc 1(Title: …) …' as Search-R1 shows passages
 

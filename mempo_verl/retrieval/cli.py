@@ -69,8 +69,11 @@ def run_serve(args: argparse.Namespace) -> None:
         max_query_chars=args.max_query_chars,
     )
     if args.index is None:
+        # why here: the entry point names the shipped corpus, so the retrieval library never imports `data`
+        from mempo_verl.data import sample_corpus_path
+
         print("no --index given: serving BM25 over the shipped sample corpus", flush=True)
-        index = make_retriever("bm25")
+        index = make_retriever("bm25", corpus_path=sample_corpus_path())
     else:
         print(f"loading index {args.index} ...", flush=True)
         index = load_index(args.index)

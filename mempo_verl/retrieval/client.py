@@ -3,6 +3,11 @@
     client = RetrievalClient("http://127.0.0.1:8000/retrieve", timeout_s=30, max_retries=3, backoff_s=0.5)
     client.search(["who invented the tide clock"], topk=3)          # -> [[Hit, Hit, Hit]]
     await client.asearch([...], topk=3)                             # same, with httpx's async client
+    client.close()                                                  # or `with RetrievalClient(...) as client:`
+
+Connections are kept alive: one `httpx.Client` per client object (shared by every thread; httpx's clients are
+thread-safe) and one `httpx.AsyncClient` per event loop that calls `asearch` (an async client is bound to its loop).
+Both are opened on first use, so the object stays cheap to build and picklable (a copy opens its own).
 
 Retried (up to `max_retries` times after the first attempt, sleeping backoff_s * 2**(retry-1), capped): connection
 errors, timeouts and other transport errors, and 5xx answers. Not retried: 4xx (the request itself is wrong; the
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +30,10 @@ from mempo_verl.retrieval.base import check_queries
 from mempo_verl.retrieval.documents import Hit, normalize_document
 
 logger = logging.getLogger(__name__)
+
+# why no cap on connections: the agent loop runs many sessions at once, and a capped pool would make them queue and
+# fail with PoolTimeout, a failure a client per call never had; idle keep-alives stay at httpx's default cap
+_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=20)
 
 
 class RetrievalError(RuntimeError):
@@ -100,6 +110,9 @@ class RetrievalClient:
         timeout_s: per-request timeout for connecting, sending and reading (default 30 s).
         max_retries: extra attempts after the first for retryable failures (default 3).
         backoff_s: first sleep between attempts, doubled each retry (default 0.5 s), capped at max_backoff_s (8 s).
+
+    `close()` (or leaving a `with` block) closes the sync pool and forgets the async ones; `await aclose()` (or
+    `async with`) also closes the calling loop's pool cleanly. A call after closing opens a fresh pool.
     """
 
     backend = "http"
@@ -121,6 +134,67 @@ class RetrievalClient:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self._open_pools()
+
+    def _open_pools(self) -> None:
+        """Fresh, empty pool slots; the pools themselves are opened on first use."""
+        self._lock = threading.Lock()
+        self._http: httpx.Client | None = None
+        self._async_http: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # why: sockets, locks and loop-bound clients do not pickle (Ray ships the object); the copy opens its own
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_http", "_async_http")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open_pools()
+
+    def _sync_client(self) -> httpx.Client:
+        """The object's kept-alive sync client, opened on first use."""
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=self.timeout_s, limits=_LIMITS)
+            return self._http
+
+    def _async_client(self) -> httpx.AsyncClient:
+        """The running loop's kept-alive async client, opened on first use; pools of closed loops are dropped."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            # why: a closed loop's connections can never be used again (e.g. one `asyncio.run` per eval batch)
+            for dead in [other for other in self._async_http if other.is_closed()]:
+                del self._async_http[dead]
+            if loop not in self._async_http:
+                self._async_http[loop] = httpx.AsyncClient(timeout=self.timeout_s, limits=_LIMITS)
+            return self._async_http[loop]
+
+    def close(self) -> None:
+        """Close the sync pool; async pools are forgotten (their sockets close with their loop or the collector)."""
+        with self._lock:
+            http, self._http = self._http, None
+            self._async_http.clear()
+        if http is not None:
+            http.close()
+
+    async def aclose(self) -> None:
+        """`close()`, and close the running loop's async pool cleanly (other loops' pools are forgotten)."""
+        with self._lock:
+            ahttp = self._async_http.pop(asyncio.get_running_loop(), None)
+        self.close()
+        if ahttp is not None:
+            await ahttp.aclose()
+
+    def __enter__(self) -> RetrievalClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> RetrievalClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"RetrievalClient({self.url!r}, timeout_s={self.timeout_s}, max_retries={self.max_retries})"
@@ -152,15 +226,14 @@ class RetrievalClient:
         if not queries:
             return []
         payload = request_payload(queries, topk)
-        # why: a client per call keeps this object picklable (Ray workers) and free of thread affinity
-        with httpx.Client(timeout=self.timeout_s) as http:
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    return self._check_answer(http.post(self.url, json=payload), attempt, len(queries))
-                except (httpx.TransportError, _RetryableStatus) as e:
-                    time.sleep(self._give_up_or_wait(attempt, e))
+        http = self._sync_client()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._check_answer(http.post(self.url, json=payload), attempt, len(queries))
+            except (httpx.TransportError, _RetryableStatus) as e:
+                time.sleep(self._give_up_or_wait(attempt, e))
 
     async def asearch(self, queries: list[str], topk: int) -> list[list[Hit]]:
         """`search` with httpx's async client: awaits through retries without blocking the event loop."""
@@ -168,13 +241,12 @@ class RetrievalClient:
         if not queries:
             return []
         payload = request_payload(queries, topk)
-        # why: an AsyncClient is bound to the event loop that made it; one per call works from any loop
-        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    response = await http.post(self.url, json=payload)
-                    return self._check_answer(response, attempt, len(queries))
-                except (httpx.TransportError, _RetryableStatus) as e:
-                    await asyncio.sleep(self._give_up_or_wait(attempt, e))
+        http = self._async_client()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await http.post(self.url, json=payload)
+                return self._check_answer(response, attempt, len(queries))
+            except (httpx.TransportError, _RetryableStatus) as e:
+                await asyncio.sleep(self._give_up_or_wait(attempt, e))

@@ -2,7 +2,7 @@
 
 Usage:
 
-    make_retriever("bm25")                                   # BM25 over the shipped sample corpus
+    make_retriever("bm25", corpus_path="corpus.jsonl")       # BM25 built in memory (e.g. data.sample_corpus_path())
     make_retriever("bm25", index_dir="idx/")                 # a saved index
     make_retriever("dense", corpus_path="corpus.jsonl")      # embeds the corpus (slow on CPU)
     make_retriever("http", url="http://127.0.0.1:8000/retrieve", timeout_s=30)
@@ -25,24 +25,25 @@ logger = logging.getLogger(__name__)
 RetrieverBackend = Literal["bm25", "dense", "http"]
 
 
-def _default_corpus() -> Path:
-    from mempo_verl.data import sample_corpus_path
+def _corpus(backend: str, corpus_path: str | Path | None) -> str | Path:
+    """The corpus to index; the caller names it (the shipped sample is `mempo_verl.data`'s, not retrieval's)."""
+    if corpus_path is None:
+        raise ValueError(f"make_retriever({backend!r}) needs index_dir (a saved index) or corpus_path (a JSONL corpus)")
+    return corpus_path
 
-    return sample_corpus_path()
 
-
-def _make_bm25(index_dir: str | None = None, corpus_path: str | None = None, **config: Any) -> BM25Index:
-    """A saved BM25 index, or one built in memory over `corpus_path` (default: the shipped sample corpus)."""
+def _make_bm25(index_dir: str | None = None, corpus_path: str | Path | None = None, **config: Any) -> BM25Index:
+    """A saved BM25 index, or one built in memory over `corpus_path`."""
     if index_dir is not None:
         return BM25Index.load(index_dir)
-    return BM25Index.from_jsonl(corpus_path or _default_corpus(), BM25Config(**config))
+    return BM25Index.from_jsonl(_corpus("bm25", corpus_path), BM25Config(**config))
 
 
-def _make_dense(index_dir: str | None = None, corpus_path: str | None = None, **config: Any) -> DenseIndex:
-    """A saved dense index, or one built in memory over `corpus_path` (default: the shipped sample corpus)."""
+def _make_dense(index_dir: str | None = None, corpus_path: str | Path | None = None, **config: Any) -> DenseIndex:
+    """A saved dense index, or one built in memory over `corpus_path`."""
     if index_dir is not None:
         return DenseIndex.load(index_dir)
-    return DenseIndex.from_jsonl(corpus_path or _default_corpus(), EmbedderConfig(**config))
+    return DenseIndex.from_jsonl(_corpus("dense", corpus_path), EmbedderConfig(**config))
 
 
 RETRIEVER_FACTORIES: dict[str, Callable[..., Retriever]] = {
@@ -71,7 +72,7 @@ def _lookup(table: dict[str, Any], backend: str, what: str) -> Any:
 def make_retriever(backend: RetrieverBackend, **kwargs: Any) -> Retriever:
     """Create a retriever.
 
-    bm25 / dense: `index_dir` (a saved index) or `corpus_path` (JSONL; default the shipped sample corpus) plus the
+    bm25 / dense: `index_dir` (a saved index) or `corpus_path` (JSONL; one of them is required) plus the
     backend's config fields (BM25Config / EmbedderConfig). http: RetrievalClient's `url`, `timeout_s`,
     `max_retries`, `backoff_s`, `max_backoff_s`.
     """

@@ -168,7 +168,7 @@ def test_bm25_index_is_built_once_per_process(env):
 
 
 def test_http_backend_against_our_retrieval_server(env):
-    with BackgroundServer(create_app(make_retriever("bm25"))) as server:
+    with BackgroundServer(create_app(make_retriever("bm25", corpus_path=sample_corpus_path()))) as server:
         remote = make_env("search_qa", backend="http", url=server.url, timeout_s=10)
         obs = run(remote, search(QUESTION))
     assert obs.ok and obs.text == run(env, search(QUESTION)).text  # same passages, same format, over HTTP

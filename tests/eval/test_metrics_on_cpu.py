@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from mempo_verl.eval.metrics import example_metrics, objective_score, summarize, token_totals
+from mempo_verl.eval.metrics import example_metrics, objective_score, token_totals
 from mempo_verl.eval.records import EvalRecord, ExampleError
+from mempo_verl.eval.report import summarize
 from mempo_verl.rewards import score_answer
 from mempo_verl.segments import EpisodeSummary, Segment, TurnRecord
 

@@ -6,10 +6,10 @@ import math
 import pytest
 
 from mempo_verl.eval.cli import main
-from mempo_verl.eval.metrics import ExampleMetrics, summarize
+from mempo_verl.eval.metrics import ExampleMetrics
 from mempo_verl.eval.plots import PLOTS, series
 from mempo_verl.eval.records import EvalRecord, ExampleError, RecordStore
-from mempo_verl.eval.report import compare, markdown, write_reports
+from mempo_verl.eval.report import compare, markdown, summarize, write_reports
 
 
 def metrics(f1, tt, pt, termination="answer"):

@@ -1,7 +1,10 @@
 """RetrievalClient retries (mempo_verl/retrieval/client.py) against real local HTTP servers that misbehave on cue."""
 
 import asyncio
+import json
+import pickle
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -111,3 +114,81 @@ def test_empty_batch_makes_no_request():
 def test_argument_validation():
     with pytest.raises(ValueError, match="timeout_s"):
         RetrievalClient("http://h", timeout_s=0)
+
+
+class CountingApp:
+    """ASGI app answering OK_BODY and recording each request's client port: one port per TCP connection."""
+
+    def __init__(self):
+        self.ports = []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        self.ports.append(scope["client"][1])
+        while (await receive()).get("more_body"):
+            pass
+        body = json.dumps(OK_BODY).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+def counting_server():
+    pytest.importorskip("uvicorn", reason="the `retrieval` extra (uvicorn) is not installed")
+    from mempo_verl.retrieval.server import BackgroundServer
+
+    app = CountingApp()
+    with BackgroundServer(app) as server:
+        yield server.url, app
+
+
+def test_many_sync_calls_share_one_connection(counting_server):
+    url, app = counting_server
+    with client(url) as c:
+        answers = [c.search([f"q{i}"], topk=1) for i in range(20)]
+    assert all(a[0][0].doc_id == "1" for a in answers)
+    assert len(app.ports) == 20 and len(set(app.ports)) == 1  # 20 requests, one TCP connection kept alive
+
+
+def test_threads_share_one_pool(counting_server):
+    url, app = counting_server
+    c = client(url)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda i: c.search([f"q{i}"], topk=1), range(40)))
+    c.close()
+    assert len(answers) == 40 and all(a[0][0].doc_id == "1" for a in answers)
+    assert len(set(app.ports)) <= 4  # at most one connection per thread in flight, reused across the 40 calls
+
+
+def test_many_async_calls_share_one_connection(counting_server):
+    url, app = counting_server
+
+    async def run():
+        async with client(url) as c:
+            return [await c.asearch([f"q{i}"], topk=1) for i in range(20)]
+
+    assert all(a[0][0].doc_id == "1" for a in asyncio.run(run()))
+    assert len(app.ports) == 20 and len(set(app.ports)) == 1
+
+
+def test_async_calls_from_a_second_loop_get_their_own_pool(counting_server):
+    # why: an AsyncClient is bound to its loop; eval runs one `asyncio.run` per batch
+    url, app = counting_server
+    c = client(url)
+    for _ in range(2):
+        assert asyncio.run(c.asearch(["q"], topk=1))[0][0].doc_id == "1"
+    assert len(set(app.ports)) == 2  # the first loop closed with its connection; the second opened its own
+
+
+def test_closed_client_reopens_and_pickles(counting_server):
+    url, app = counting_server
+    c = client(url)
+    c.search(["q"], topk=1)
+    c.close()
+    c.search(["q"], topk=1)  # a fresh pool after close()
+    copy = pickle.loads(pickle.dumps(c))  # the pools stay behind; the copy opens its own
+    assert copy.url == c.url and copy.search(["q"], topk=1)[0][0].doc_id == "1"
+    c.close()
+    copy.close()
+    assert len(set(app.ports)) == 3
