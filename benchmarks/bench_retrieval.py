@@ -15,7 +15,7 @@ query is 6 words of a random passage. Every query is its own call (one query, to
 - ``dense naive``: the same encoder, then a brute-force numpy dot product and ``argpartition``;
 - ``dense encode``: the query encoding alone (what both dense rows share);
 - ``... server``: the same index saved, served by ``mempo-retriever serve`` (uvicorn on 127.0.0.1, a subprocess)
-  and queried with ``RetrievalClient.search`` (HTTP, JSON; it opens an ``httpx.Client`` per call); ``... server,
+  and queried with ``RetrievalClient.search`` (HTTP, JSON; one kept-alive connection pool per client); ``... server,
   kept-alive``: the same requests from one kept-alive ``httpx.Client`` (the server's own cost).
 
 Target (issue 13): BM25 p50 <= 5 ms in process at 100k.
@@ -117,7 +117,7 @@ def free_port() -> int:
 
 def served_latencies(folder: Path, queries: Sequence[str], log: Path) -> tuple[list[float], list[float]]:
     """Latencies through ``mempo-retriever serve --index folder`` (a subprocess on 127.0.0.1): with
-    ``RetrievalClient`` (an ``httpx.Client`` per call, as it ships), and with one kept-alive ``httpx.Client``."""
+    ``RetrievalClient`` (one pool per client, as it ships), and with one kept-alive ``httpx.Client``."""
     import httpx
 
     from mempo_verl.retrieval.client import RetrievalClient, request_payload
