@@ -5,7 +5,7 @@ SFT checkpoint with the same seeds, each checkpoint evaluated on held-out worlds
     python -m mempo_verl.tiny.experiment --seeds 0,1,2 --steps 10 --out runs/tiny_world   # the 3-seed report
 
 Each RL run is the user CLI (``python -m mempo_verl.main``, recipe ``tiny_cpu``) with ``mempo.credit.alpha``, the
-data order (``data.seed``) and the rollout seed set; the SFT checkpoint is the recipe's own
+data order (``data.seed``) and the rollout seed set, all from one SFT checkpoint: ``--sft-model`` or the recipe's own
 (``${mempo_tiny_world:sft_model}``, trained once by verl's SFT trainer). Evaluation is ``mempo-eval``'s runner over
 held-out worlds with k = 1-4 (k = 3, 4: more objectives than trained), greedy, the ``memory`` context. Writes
 ``<out>/results.md`` (the table), ``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs.
@@ -68,8 +68,9 @@ def evaluate(model: str, out_dir: Path, examples: int) -> dict[int, dict[str, fl
     }
 
 
-def train(out_dir: Path, seed: int, alpha: float, steps: int) -> Path:
-    """One RL run of the ``tiny_cpu`` recipe (skipped when its final checkpoint exists); returns its folder."""
+def train(out_dir: Path, seed: int, alpha: float, steps: int, sft_model: str) -> Path:
+    """One RL run of the ``tiny_cpu`` recipe from ``sft_model`` (skipped when its final checkpoint exists); returns
+    its folder."""
     run_dir = out_dir / f"seed{seed}_alpha{alpha:g}"
     if (run_dir / f"global_step_{steps}" / "actor" / "huggingface" / "config.json").exists():
         return run_dir
@@ -79,6 +80,7 @@ def train(out_dir: Path, seed: int, alpha: float, steps: int) -> Path:
         "mempo_verl.main",
         "--config-name",
         "tiny_cpu",
+        f"actor_rollout_ref.model.path={sft_model}",
         f"mempo.credit.alpha={alpha}",
         f"data.seed={seed}",
         f"actor_rollout_ref.rollout.seed={seed}",
@@ -162,17 +164,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="RL steps per run")
     parser.add_argument("--eval-examples", type=int, default=data.EVAL_ROWS, help="held-out worlds per k")
     parser.add_argument("--out", default="runs/tiny_world")
+    parser.add_argument("--sft-model", help="a Hugging Face folder to start RL from (default: the recipe's SFT)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.perf_counter()
     log("SFT checkpoint (verl's SFT trainer; built once and cached)")
-    sft_model = data.tiny_world_sft_model()
+    sft_model = args.sft_model or data.tiny_world_sft_model()
     log(f"evaluating the SFT checkpoint on held-out worlds: {sft_model}")
     results: dict[str, Any] = {"sft_model": sft_model, "sft": evaluate(sft_model, out / "eval_sft", args.eval_examples)}
     results["runs"] = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for alpha in ALPHAS:
-            run_dir = train(out, seed, alpha, args.steps)
+            run_dir = train(out, seed, alpha, args.steps, sft_model)
             model = run_dir / f"global_step_{args.steps}" / "actor" / "huggingface"
             log(f"evaluating alpha={alpha:g} seed={seed}")
             metrics = read_metrics(run_dir / "metrics.jsonl")
