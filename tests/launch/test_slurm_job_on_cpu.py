@@ -1,6 +1,8 @@
 """`sbatch examples/slurm/mempo_multinode.sbatch` on a one-node SLURM cluster of Debian's daemons (fixtures
 `slurm_cluster`, `tiny_job`: tests/launch/conftest.py). Skipped, with the reason, where SLURM is not installed."""
 
+import socket
+
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +42,10 @@ def test_a_retriever_that_dies_fails_the_job_naming_it(sbatch_example, tmp_path)
 
 
 def test_a_ray_head_that_dies_fails_the_job_naming_it(sbatch_example, tmp_path):
-    (tmp_path / "a_file").write_text("")  # the head's temp dir cannot be made under a file: `ray start` exits
-    job, log = sbatch_example(tmp_path, "none", env={"MEMPO_RAY_TEMP_DIR": str(tmp_path / "a_file" / "ray")})
+    # the head's GCS port, held here: `ray start --head` exits once its GCS gives up (~90 s, Ray's own limit)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        job, log = sbatch_example(tmp_path, "none", env={"MEMPO_RAY_PORT": str(taken.getsockname()[1])})
     assert job["JobState"] == "FAILED", log
     assert "ERROR: Ray head (" in log and "died while waiting for Ray head" in log, log
