@@ -83,6 +83,61 @@ def validate(config: DictConfig) -> None:
     check_verl_config(MemPOConfig.from_config(config.get("mempo")), config)
 
 
+# ray.init arguments that describe the node it would start: Ray refuses each of them when it attaches to a running
+# cluster ("When connecting to an existing cluster, num_cpus and num_gpus must not be provided", worker.py)
+_NODE_RESOURCE_KEYS = ("num_cpus", "num_gpus", "resources", "object_store_memory", "labels")
+
+
+def cluster_address(config: DictConfig) -> str | None:
+    """The running Ray cluster this run attaches to: ``ray_kwargs.ray_init.address``, else ``$RAY_ADDRESS`` (set by
+    ``ray job submit`` in the job's driver and by examples/slurm); None means verl starts a local Ray."""
+    ray_init = config.get("ray_kwargs", {}).get("ray_init", {}) or {}
+    return ray_init.get("address") or os.environ.get("RAY_ADDRESS") or None
+
+
+# Environment that this process sets for verl's workers: a local Ray inherits it (the driver starts the raylet), the
+# workers of a running cluster do not (their raylet began with `ray start`), so it goes into the runtime env
+_WORKER_ENV = ("VERL_FILE_LOGGER_PATH",)  # verl's file logger runs in the TaskRunner actor (utils/tracking.py:534)
+
+
+def attach_to_cluster(config: DictConfig, address: str) -> None:
+    """Prepare ``ray_kwargs.ray_init`` for a running cluster: the node keys a recipe sets for a local Ray (the CPU
+    preset's ``num_cpus: 32``, ``num_gpus: 1``) become the resources the cluster must have (``ray start`` gave
+    them), checked here, and are removed from what ``ray.init`` gets. Too few logical CPUs would otherwise hang
+    TransferQueue silently, and too few GPUs would leave verl's resource pools waiting forever. The workers get
+    the environment this process set for them (``_WORKER_ENV``) through the runtime env."""
+    import ray
+    from omegaconf import open_dict
+
+    ray_init = config.ray_kwargs.ray_init
+    with open_dict(ray_init):
+        for name in _WORKER_ENV:
+            if name in os.environ:
+                OmegaConf.update(ray_init, f"runtime_env.env_vars.{name}", os.environ[name], force_add=True)
+    wanted = {key: ray_init.get(key) for key in ("num_cpus", "num_gpus") if ray_init.get(key) is not None}
+    for key in _NODE_RESOURCE_KEYS:
+        if ray_init.get(key) is not None:
+            ray_init[key] = None
+    if not wanted:
+        return
+    ray.init(address=address, logging_level=logging.WARNING)
+    try:
+        have = ray.cluster_resources()
+    finally:
+        ray.shutdown()
+    resource = {"num_cpus": "CPU", "num_gpus": "GPU"}
+    got = {key: have.get(resource[key], 0) for key in wanted}
+    short = {key: (need, got[key]) for key, need in wanted.items() if got[key] < need}
+    if short:
+        flags = " ".join(f"--{key.replace('_', '-')}={need}" for key, (need, _) in short.items())
+        found = ", ".join(f"{resource[key]} {got:g} < {need}" for key, (need, got) in short.items())
+        raise RuntimeError(
+            f"the Ray cluster at {address} has too few logical resources for this recipe ({found}): start its head "
+            f"with `ray start --head {flags} ...` (the recipe's ray_kwargs.ray_init asks for them)"
+        )
+    logger.info("attached to the Ray cluster at %s (%s)", address, ", ".join(f"{k}={v}" for k, v in wanted.items()))
+
+
 def train(config: DictConfig) -> None:
     """verl's `main_ppo.main` body: the V1 trainer through verl's own task runner."""
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
@@ -90,6 +145,9 @@ def train(config: DictConfig) -> None:
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
+    address = cluster_address(config)
+    if address is not None:
+        attach_to_cluster(config, address)
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     run_ppo(config, task_runner_class=TaskRunnerV1)
