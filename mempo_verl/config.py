@@ -202,8 +202,9 @@ rollout  (default) the rollout server at session end (``rollout_credit.py``): pr
          0.30, tiny world, 18 P values of 3 oracle sessions): max |ΔP| vs ``actor`` 6.7e-27, max |Δ ln P| 7.7e-6,
          with 0.54 x the actor's scored tokens computed (tests/agent_loop/test_rollout_credit_vllm_on_cpu.py); the
          default as it is within issue 11's 1e-4 and its cost grows with the rollout's tokens, not with the square
-         of the turns (BENCHMARKS.md §2). Agent loops built outside a trainer (``mempo-eval``, the SFT oracle
-         builder) switch it off (``eval.loop.NO_SESSION_SCORING``): nothing there reads memory credit
+         of the turns (BENCHMARKS.md §2a: 0.65-0.70 x the rollout's tokens at 16 turns, ``actor`` 3.1-3.8 x).
+         Agent loops built outside a trainer (``mempo-eval``, the SFT oracle builder) switch it off
+         (``eval.loop.NO_SESSION_SCORING``): nothing there reads memory credit
 actor    the actor in the training step (``MemPOTrainer._answer_probabilities``), one batched ``compute_log_prob``
          before the update: exactly π_θ_old, the weights of the step's old log-probs, every token recomputed; for
          rollouts that are not vLLM at temperature 1
