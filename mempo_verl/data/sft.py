@@ -86,13 +86,14 @@ class ScriptedTurns:
 
 
 def agent_config(model_path: str, overrides: Mapping[str, Any]) -> Any:
-    """verl's composed ``ppo_trainer`` config with ``model_path`` and ``overrides`` (dotted keys) merged in."""
+    """verl's composed ``ppo_trainer`` config with ``model_path`` and ``overrides`` (dotted keys) merged in, session-end
+    scoring off unless ``overrides`` set ``mempo.credit.scorer`` (``eval.loop.NO_SESSION_SCORING``)."""
     from omegaconf import OmegaConf
 
-    from mempo_verl.eval.loop import ppo_trainer_config
+    from mempo_verl.eval.loop import NO_SESSION_SCORING, ppo_trainer_config
 
     dotlist = [f"actor_rollout_ref.model.path={model_path}", *(f"{k}={v}" for k, v in overrides.items())]
-    return OmegaConf.merge(ppo_trainer_config(), OmegaConf.from_dotlist(dotlist))
+    return OmegaConf.merge(ppo_trainer_config(), NO_SESSION_SCORING, OmegaConf.from_dotlist(dotlist))
 
 
 def oracle_rows(env_rows: Sequence[Mapping[str, Any]], config: Any, tokenizer: Any) -> list[dict]:

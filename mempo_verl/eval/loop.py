@@ -22,6 +22,14 @@ AGENT_NAME = "mempo_agent"
 """The registry name of ``MemPOAgentLoop`` (``@register("mempo_agent")``)."""
 
 
+NO_SESSION_SCORING: dict[str, Any] = {"mempo": {"credit": {"scorer": "actor"}}}
+"""Merged into every agent-loop config built outside a trainer (``trainer_config``, ``data.sft.agent_config``),
+under the caller's overrides. The default scorer, ``rollout``, scores each session's memory credit through the server
+at session end; nothing out here trains, so that credit is never read, and eval's backends (and the SFT oracle's
+scripted turns) serve no prompt log-probs. ``actor`` leaves the scoring to a training step that never comes. An
+override ``mempo.credit.scorer=rollout`` still wins (the rollout scorer's tests play sessions that way)."""
+
+
 @functools.lru_cache(maxsize=1)
 def ppo_trainer_config() -> DictConfig:
     """verl's ``ppo_trainer`` config composed from the installed package (once per process, ~1 s), struct off.
@@ -37,7 +45,8 @@ def ppo_trainer_config() -> DictConfig:
 
 
 def trainer_config(config: EvalConfig, method: ContextPolicyName) -> DictConfig:
-    """verl's composed config for ``method``: the eval budgets and sampling in ``rollout``, a ``mempo:`` section.
+    """verl's composed config for ``method``: the eval budgets and sampling in ``rollout``, a ``mempo:`` section
+    (session-end scoring off, ``NO_SESSION_SCORING``; ``config.overrides`` last).
 
     ``memory`` / ``mem1`` bound each turn's context by ``prompt_length`` and its generation by ``turn_tokens``;
     ``full`` appends every turn to one sequence, so its response budget is the whole trajectory's
@@ -66,6 +75,7 @@ def trainer_config(config: EvalConfig, method: ContextPolicyName) -> DictConfig:
     # merge returns a new config: the cached composition is never modified
     merged = OmegaConf.merge(
         ppo_trainer_config(),
+        NO_SESSION_SCORING,
         {"actor_rollout_ref": {"model": {"path": config.backend.tokenizer_path}, "rollout": rollout}, "mempo": mempo},
         OmegaConf.from_dotlist(list(config.overrides)),
     )

