@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, means in runs.items():
             cells.append(f"{means[phase]:.2f}")
             if name != base_name:
-                cells.append(f"{means[phase] / base[phase]:.2f}" if base[phase] > 0 else "-")
+                cells.append(f"{means[phase] / base[phase]:.2f}" if base[phase] >= 0.01 else "-")
         rows.append(cells)
     counts = ["warm steps"]
     for name, means in runs.items():
