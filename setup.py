@@ -46,7 +46,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mempo_verl", "mempo_verl.*"]),
-    package_data={"mempo_verl": ["data/*.jsonl", "data/*.md"]},
+    package_data={"mempo_verl": ["data/*.jsonl", "data/*.md", "tiny/sft_checkpoint/*"]},
     python_requires=">=3.10",
     install_requires=install_requires,
     extras_require=extras_require,

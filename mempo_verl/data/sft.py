@@ -143,6 +143,7 @@ def synthetic_oracle_rows(
     max_turns: int | None = None,
     seed: int = 0,
     names: str = "syllables",
+    config_overrides: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """SFT rows of the ``synthetic`` oracle: ``episodes`` fresh worlds per k in ``objectives``, ``hops`` each
     (``names``: the worlds' ``NameStyle``; one seed per k, so worlds of different k share no draws).
@@ -150,6 +151,8 @@ def synthetic_oracle_rows(
     Args:
         model_path: the policy's model folder (its tokenizer and chat template); None: the tiny world's.
         max_turns: ``mempo.agent.max_turns`` of the contexts (the turns-left hint); None: the most the oracle needs.
+        config_overrides: more dotlist keys of the recipe the rows are for (e.g. ``mempo.context.turns_left_hint``),
+            so that the contexts are the ones its agent loop builds.
     """
     from transformers import AutoTokenizer
 
@@ -170,6 +173,7 @@ def synthetic_oracle_rows(
         "mempo.agent.max_turns": max_turns or needed,
         "actor_rollout_ref.rollout.prompt_length": 8192,
         "actor_rollout_ref.rollout.response_length": 1024,
+        **(config_overrides or {}),
     }
     env_rows = [
         row

@@ -307,7 +307,18 @@ def brief_task_prompt(num_objectives: int) -> str:
     )
 
 
-TASK_PROMPTS = {"full": synthetic_task_prompt, "brief": brief_task_prompt}
+def tiny_task_prompt(num_objectives: int) -> str:
+    """The tiny world's task prompt (``SyntheticConfig.prompt="tiny"``): the turn's parts named in ~20 tokens.
+
+    Why: a 4-layer model learns to copy names only once the context is mostly the question, memory and document.
+    Measured with the same oracle rows and optimiser (held-out turns exact under teacher forcing after 250 steps):
+    0.165 with no task prompt and no turns-left hint, 0.005 with the brief prompt and the hint (~95 more tokens).
+    """
+    return "Write <mem>, <think>, then a lookup or <answer>."
+
+
+PromptStyle = Literal["full", "brief", "tiny"]
+TASK_PROMPTS = {"full": synthetic_task_prompt, "brief": brief_task_prompt, "tiny": tiny_task_prompt}
 """``SyntheticConfig.prompt`` -> the task prompt of a k-question episode."""
 
 
@@ -317,7 +328,7 @@ def make_synthetic_rows(
     hops: int = 2,
     seed: int = 0,
     split: str = "train",
-    prompt: Literal["full", "brief"] = "full",
+    prompt: PromptStyle = "full",
     names: NameStyle = "syllables",
 ) -> list[dict[str, Any]]:
     """verl rows in the data builder's shape (`mempo_verl.data.builder`), one world per row.
@@ -430,9 +441,10 @@ class SyntheticConfig:
 
     reward_mode: RewardMode = "all_em"
     """How `score` combines the objectives: "all_em" (paper, default), "em_mean", "f1_mean", "em_sum" (MEM1)."""
-    prompt: Literal["full", "brief"] = "full"
-    """The task prompt: "full" (default: the shared turn-format wording with an example turn) or "brief" (one
-    paragraph, for small models: ``brief_task_prompt``)."""
+    prompt: PromptStyle = "full"
+    """The task prompt: "full" (default: the shared turn-format wording with an example turn), "brief" (one
+    paragraph, for small models: ``brief_task_prompt``) or "tiny" (one line, the tiny world's:
+    ``tiny_task_prompt``)."""
     normalization: AnswerNormalization = "squad"
     """Answer normalisation of `score` (`rewards.AnswerNormalization`): "squad" (default) or "unicode"."""
 

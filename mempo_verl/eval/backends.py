@@ -294,7 +294,7 @@ class LocalModelBackend:
         from transformers import AutoModelForCausalLM, GenerationConfig
 
         tokenizer = load_tokenizer(config.tokenizer_path)
-        model = AutoModelForCausalLM.from_pretrained(config.model).to(config.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=config.dtype).to(config.device).eval()
         # why: a checkpoint's generation_config (e.g. Qwen's repetition_penalty 1.05, top_k 20) would silently add
         # to the eval's sampling settings; the run samples with exactly the settings its summary reports
         model.generation_config = GenerationConfig(

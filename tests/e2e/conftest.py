@@ -199,9 +199,9 @@ def mempo_tiny(tmp_path_factory, model_cache, format_tuned_path) -> MemPORuns:
 
 @dataclass
 class TinyWorldRuns:
-    sft: TrainerRun  # verl's SFT trainer on the oracle's rows
+    sft: TrainerRun  # verl's SFT trainer on the oracle's rows, from random weights
     sft_model: Path  # its final Hugging Face folder
-    rl: TrainerRun  # MemPO from sft_model: validation, steps, validation
+    rl: TrainerRun  # MemPO from the shipped SFT checkpoint: validation, steps, validation
     sft_steps: int
     rl_steps: int
 
@@ -212,7 +212,9 @@ TINY_RL_STEPS = 2
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
-    """The tiny world's SFT (TINY_SFT_STEPS steps of 32 oracle rows) then TINY_RL_STEPS MemPO steps (one run)."""
+    """The tiny world's two stages, short: TINY_SFT_STEPS SFT steps of 32 oracle rows from random weights; then
+    TINY_RL_STEPS MemPO steps of the embedded default from the shipped SFT checkpoint (the recipe's full SFT run, so
+    its sessions are right often enough for the advantages to be non-zero)."""
     from mempo_verl.data.sft import synthetic_oracle_rows, write_sft
     from mempo_verl.tiny import data, tiny_world_model_dir
 
@@ -221,7 +223,14 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
     (work / "rl").mkdir()
     model = tiny_world_model_dir(model_cache)
     rows = synthetic_oracle_rows(
-        str(model), data.TRAIN_OBJECTIVES, data.HOPS, 260, max_turns=data.MAX_TURNS, names="pool"
+        str(model),
+        data.TRAIN_OBJECTIVES,
+        data.HOPS,
+        260,
+        prompt=data.PROMPT,
+        max_turns=data.MAX_TURNS,
+        names="pool",
+        config_overrides=data.CONTEXT_OVERRIDES,
     )
     sft_file = write_sft(rows, work / "sft.parquet")
     sft = launch_sft(
@@ -231,8 +240,10 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
     )
     sft.result.raise_for_failure()
     sft_model = sft.checkpoint_dir / f"global_step_{TINY_SFT_STEPS}" / "huggingface"
+    provenance = data.shipped_sft_provenance()
+    assert provenance and provenance["key"] == data.sft_run_key(), "the shipped SFT checkpoint is stale (ship-sft)"
     rl_overrides = [
-        f"actor_rollout_ref.model.path={sft_model}",
+        f"actor_rollout_ref.model.path={data.SHIPPED_SFT_DIR}",
         f"trainer.total_training_steps={TINY_RL_STEPS}",
         f"trainer.test_freq={TINY_RL_STEPS}",
         f"trainer.save_freq={TINY_RL_STEPS}",

@@ -96,3 +96,20 @@ def test_device_adapter_keeps_policy_servers_interface(tiny_model, tokenizer):
 
     direct, adapted = run(tiny_model), run(_OnDevice(tiny_model))
     assert adapted.token_ids == direct.token_ids and adapted.log_probs == pytest.approx(direct.log_probs)
+
+
+def test_local_backend_loads_float32_whatever_the_checkpoint_config_says(tiny_model_path, tmp_path):
+    # verl's Hugging Face checkpoints write dtype bfloat16 into config.json over fp32 weights; transformers would
+    # then load bf16 (slow on CPUs without AMX, and not what the run trained)
+    import shutil
+
+    import torch
+
+    from mempo_verl.eval import BackendConfig
+
+    folder = shutil.copytree(tiny_model_path, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    assert LocalModelBackend.from_pretrained(BackendConfig(model=str(folder))).model.dtype == torch.float32
+    auto = LocalModelBackend.from_pretrained(BackendConfig(model=str(folder), dtype="auto"))
+    assert auto.model.dtype == torch.bfloat16

@@ -16,6 +16,7 @@ BACKEND = BackendConfig(model="m")
         (lambda: BackendConfig(kind="grpc", model="m"), "local, openai"),
         (lambda: BackendConfig(model="m", url="http://x"), "backend.url"),
         (lambda: BackendConfig(model="m", concurrency=0), "backend.concurrency"),
+        (lambda: BackendConfig(model="m", dtype="fp8"), "backend.dtype"),
         (lambda: SamplingConfig(top_k=0), "sampling.top_k"),
         (lambda: BudgetConfig(turn_tokens=0), "budget.turn_tokens"),
         (lambda: EvalConfig(backend=BACKEND, out_dir="o", methods=("memory", "react")), "methods"),

@@ -63,9 +63,11 @@ def test_tiny_world_recipes_agree():
     from mempo_verl.tiny import data
 
     rl, sft = _compose("tiny_cpu"), _compose("sft_tiny")
-    assert rl.mempo.env.name == "synthetic" and rl.mempo.env.kwargs.prompt == "brief"
-    # the SFT contexts are built with the RL recipe's turn limit: the turns-left hint reads the same
+    assert rl.mempo.env.name == "synthetic" and rl.mempo.env.kwargs.prompt == data.PROMPT == "tiny"
+    # the SFT contexts are built with the RL recipe's turn limit and context keys: the contexts read the same
     assert rl.mempo.agent.max_turns == data.MAX_TURNS
+    for key, value in data.CONTEXT_OVERRIDES.items():
+        assert OmegaConf.select(rl, key) == value, key
     assert sft.data.max_length >= rl.data.max_prompt_length  # one SFT row = one turn's context + the turn
 
 

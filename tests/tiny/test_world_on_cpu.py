@@ -17,25 +17,21 @@ def world_tokenizer(world_path):
     return AutoTokenizer.from_pretrained(world_path)
 
 
-def test_chatml_specials_tags_and_names_are_single_tokens(world_tokenizer):
+def test_chatml_specials_and_tags_are_single_tokens_and_names_are_fragments(world_tokenizer):
     from mempo_verl.envs.synthetic import NAME_POOL
 
     tok = world_tokenizer
-    assert len(tok) == TinyWorldConfig().vocab_size + 2 * len(NAME_POOL) == 1024 + 256
+    assert len(tok) == TinyWorldConfig().vocab_size == 640
     # ids 0, 1, 2 in SPECIAL_TOKENS order: pad, message start, eos
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
     assert (tok.pad_token_id, tok.eos_token_id) == (0, 2)
     for tag in TAG_TOKENS:
         assert len(tok.encode(tag, add_special_tokens=False)) == 1, tag
-    # a pool name is one token wherever it stands: with its space after a word, bare after a quote or at the start
-    # (and the bare one only as a whole word)
-    name = NAME_POOL[7]
-    bare, spaced = tok.convert_tokens_to_ids(name), tok.convert_tokens_to_ids(f" {name}")
-    assert len({bare, spaced, tok.unk_token_id}) == 3
-    for text in (name, f'"{name}"', f"{name}: x"):
-        assert bare in tok.encode(text, add_special_tokens=False), text
-    assert tok.encode(f"x {name}.", add_special_tokens=False)[1:] == [spaced, tok.convert_tokens_to_ids(".")]
-    assert bare not in tok.encode(name + "x", add_special_tokens=False)
+    # names are split into fragments shared across names (copied piece by piece): most take 2+ tokens, and the
+    # 128 names use far fewer than 128 distinct first pieces
+    pieces = [tok.encode(f" {w}", add_special_tokens=False) for w in NAME_POOL]
+    assert sum(len(p) >= 2 for p in pieces) > 0.8 * len(NAME_POOL)
+    assert len({p[0] for p in pieces}) < len(NAME_POOL) / 2
     # tags are content: they survive skipping special tokens, the end-of-message token does not
     text = "<mem>Q1: Keshmar.</mem>\n<think>All found.</think>\n<answer>Keshmar</answer>"
     ids = tok.encode(text + "<|im_end|>", add_special_tokens=False)
@@ -77,12 +73,12 @@ def test_model_shape_serves_on_vllm_cpu(world_path):
 
     config = AutoConfig.from_pretrained(world_path)
     assert config.model_type == "qwen2" and config.hidden_size // config.num_attention_heads == 64
-    assert (config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings) == (4, 1280, True)
+    assert (config.num_hidden_layers, config.vocab_size, config.tie_word_embeddings) == (4, 640, True)
     model = AutoModelForCausalLM.from_pretrained(world_path)
     n = sum(p.numel() for p in model.parameters())
-    # by hand: 1280 x 128 embeddings (163,840) + 4 layers x (q 16,512 + k, v 8,256 each + o 16,384 + MLP 196,608
+    # by hand: 640 x 128 embeddings (81,920) + 4 layers x (q 16,512 + k, v 8,256 each + o 16,384 + MLP 196,608
     # + two norms 256) = 4 x 246,272 = 985,088, + the final norm 128
-    assert n == 163_840 + 4 * (16_512 + 2 * 8_256 + 16_384 + 196_608 + 256) + 128
+    assert n == 81_920 + 4 * (16_512 + 2 * 8_256 + 16_384 + 196_608 + 256) + 128
 
 
 def test_built_once(world_path, model_cache):
