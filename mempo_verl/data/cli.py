@@ -71,10 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--max-turns", type=int, default=None, help="oracle: mempo.agent.max_turns (default: k*h+1 max)")
     sft.add_argument("--seed", type=int, default=0, help="oracle: world seed")
     sft.add_argument("--names", choices=("syllables", "pool"), default="syllables", help="oracle: entity names")
+    sft.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="oracle: a recipe key of the contexts, e.g. "
+        "mempo.context.turns_left_hint=false (repeatable; as the RL recipe sets it)",
+    )
     sft.add_argument("--traces", default=None, help="traces: a mempo-eval traces.jsonl (or its folder)")
     sft.add_argument("--method", default="memory", help="traces: the method whose correct episodes to keep")
     sft.add_argument("--jsonl", default=None, help="jsonl: rows with 'messages' (and optional 'tools')")
     return parser
+
+
+def dotlist(items: list[str]) -> dict[str, object]:
+    """``["a.b=false", …]`` -> ``{"a.b": False, …}`` (values parsed as YAML, as Hydra overrides are)."""
+    import yaml
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"mempo-data sft --set {item!r}: expected KEY=VALUE")
+        pairs[key.strip()] = yaml.safe_load(value)
+    return pairs
 
 
 def run_sft(args: argparse.Namespace) -> None:
@@ -89,6 +110,7 @@ def run_sft(args: argparse.Namespace) -> None:
             args.episodes,
             prompt=args.prompt,
             max_turns=args.max_turns,
+            config_overrides=dotlist(args.set),
             seed=args.seed,
             names=args.names,
         )

@@ -90,3 +90,9 @@ def test_cli_writes_oracle_rows(world, tmp_path, capsys):
         main(["sft", "--source", "traces", "--out", str(out)])
     with pytest.raises(ValueError, match="below the 3 turns"):
         main([*args, str(out), "--max-turns", "2"])
+    # --set: a recipe key of the contexts (the tiny world's recipe turns the turns-left hint off)
+    assert "Turns left:" in frame["messages"][0][1]["content"]
+    assert main([*args, str(out), "--set", "mempo.context.turns_left_hint=false"]) == 0
+    assert not any("Turns left:" in m["content"] for row in pd.read_parquet(out)["messages"] for m in row)
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        main([*args, str(out), "--set", "turns_left_hint"])
