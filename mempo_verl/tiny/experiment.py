@@ -1,13 +1,14 @@
 """The tiny-world learning experiment: SFT, then MemPO (alpha = 1) and GRPO in memory format (alpha = 0) from the same
 SFT checkpoint with the same seeds, each checkpoint evaluated on held-out worlds; curves and a table.
 
-    python -m mempo_verl.tiny.experiment --seeds 0 --steps 10 --out runs/tiny_world
-    python -m mempo_verl.tiny.experiment --seeds 0,1,2 --steps 10 --out runs/tiny_world   # the 3-seed report
+    python -m mempo_verl.tiny.experiment --seeds 0 --steps 20 --out runs/tiny_world
+    python -m mempo_verl.tiny.experiment --seeds 0,1,2 --steps 20 --out runs/tiny_world   # the 3-seed report
 
 Each RL run is the user CLI (``python -m mempo_verl.main``, recipe ``tiny_cpu``) with ``mempo.credit.alpha``, the
 data order (``data.seed``) and the rollout seed set, all from one SFT checkpoint: ``--sft-model`` or the recipe's own
-(``${mempo_tiny_world:sft_model}``, trained once by verl's SFT trainer). Evaluation is ``mempo-eval``'s runner over
-held-out worlds with k = 1-4 (k = 3, 4: more objectives than trained), greedy, the ``memory`` context. Writes
+(``${mempo_tiny_world:sft_model}``: the shipped checkpoint, or trained once by verl's SFT trainer). Evaluation is
+``mempo-eval``'s runner over held-out worlds with k = 1-4 (k = 3, 4: more objectives than trained), greedy, the
+``memory`` context. Writes
 ``<out>/results.md`` (the table), ``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs.
 """
 
@@ -162,7 +163,7 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
-    parser.add_argument("--steps", type=int, default=10, help="RL steps per run")
+    parser.add_argument("--steps", type=int, default=20, help="RL steps per run")
     parser.add_argument("--eval-examples", type=int, default=data.EVAL_ROWS, help="held-out worlds per k")
     parser.add_argument("--out", default="runs/tiny_world")
     parser.add_argument("--sft-model", help="a Hugging Face folder to start RL from (default: the recipe's SFT)")
