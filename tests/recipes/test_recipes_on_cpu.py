@@ -71,6 +71,14 @@ def test_tiny_world_recipes_agree():
     assert sft.data.max_length >= rl.data.max_prompt_length  # one SFT row = one turn's context + the turn
 
 
+def test_paper_sft_recipe_fits_the_paper_rl_recipe():
+    rl, sft = _compose("mempo_qwen2.5_7b"), _compose("sft_qwen2.5_7b")
+    assert sft.model.path == rl.actor_rollout_ref.model.path and sft.trainer.total_epochs == 1  # the paper: one epoch
+    # one SFT row is one turn's context and the turn: it must fit what the RL recipe lets a turn be
+    assert sft.data.max_length >= rl.data.max_prompt_length + rl.data.max_response_length
+    assert sft.data.truncation == "error" and sft.trainer.n_gpus_per_node == rl.trainer.n_gpus_per_node
+
+
 def test_paper_recipe_matches_the_paper():
     config = _compose("mempo_qwen2.5_7b")
     assert config.actor_rollout_ref.rollout.n == 16 and config.data.train_batch_size == 128
