@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import get_args
 
 from mempo_verl.data.builder import BuildConfig, build_eval_sets, build_rows, load_pools, write_splits
+from mempo_verl.envs.synthetic import PromptStyle
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--episodes", type=int, default=1000, help="oracle: synthetic episodes per objective count")
     sft.add_argument("--objectives", default="1,2", help="oracle: comma-separated objective counts k")
     sft.add_argument("--hops", type=int, default=1, help="oracle: lookups per objective")
-    prompts = ("brief", "full", "tiny")
-    sft.add_argument("--prompt", choices=prompts, default="brief", help="oracle: synthetic task prompt")
+    sft.add_argument("--prompt", choices=get_args(PromptStyle), default="brief", help="oracle: synthetic task prompt")
     sft.add_argument("--max-turns", type=int, default=None, help="oracle: mempo.agent.max_turns (default: k*h+1 max)")
     sft.add_argument("--seed", type=int, default=0, help="oracle: world seed")
     sft.add_argument("--names", choices=("syllables", "pool"), default="syllables", help="oracle: entity names")
@@ -85,16 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dotlist(items: list[str]) -> dict[str, object]:
-    """``["a.b=false", …]`` -> ``{"a.b": False, …}`` (values parsed as YAML, as Hydra overrides are)."""
-    import yaml
-
+def dotlist(items: list[str]) -> dict[str, str]:
+    """``["a.b=false", …]`` -> ``{"a.b": "false", …}``; the values stay text, parsed once by the config's own
+    dotlist merge (``data.sft.agent_config``)."""
     pairs = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SystemExit(f"mempo-data sft --set {item!r}: expected KEY=VALUE")
-        pairs[key.strip()] = yaml.safe_load(value)
+        pairs[key.strip()] = value
     return pairs
 
 
