@@ -15,6 +15,7 @@ Notation:
     A^M_{i,t}  = (R^M_{i,t} - mean_group R^M) / (max(std_group R^M, σ_min) + ε)             z-score within a group
     σ_min      = ρ · mean_group sqrt(P[ans | q, mem_t]² + ε_t²)                             scoring-noise floor
     A_{i,t,k}  = A^T_i + α · 1[k ∈ <mem> span of segment (i, t)] · A^M_{i,t}                Eq. 9
+                 (A^M_{i,t} := 0 where ``MemoryGate`` closes: ``task_success`` and no R^T_j > 0 in prompt(i))
 
 A^T follows verl 0.9.1's GRPO arithmetic exactly (`core_algos.compute_grpo_outcome_advantage`, unbiased std, a
 prompt with a single session keeps its raw reward), so that α = 0 reproduces verl's multi-output GRPO
@@ -27,6 +28,7 @@ advantages made of rounding noise.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -39,6 +41,15 @@ MemoryGrouping = Literal["group", "per_turn", "batch"]
 group     all `<mem>` segments of all sessions of one prompt (default, DESIGN §3)
 per_turn  only segments of the same prompt and the same turn index
 batch     every `<mem>` segment of the batch
+"""
+
+MemoryGate = Literal["always", "task_success"]
+"""Which prompts' memory segments keep their A^M (``mempo.credit.memory_gate``).
+
+always        every prompt's (the paper; default)
+task_success  only those of prompts with at least one session of R^T > 0; elsewhere the `<mem>` tokens get A^T alone
+              (ours, an ablation: when every session of a prompt fails, A^T is 0 and A^M alone moves the policy; on
+              the tiny world that drifted α = 1 runs into never answering, README "The tiny world")
 """
 
 LossNormalization = Literal["token_mean", "trajectory_mean"]
@@ -319,12 +330,40 @@ def final_segment_rows(session_index: Sequence[Hashable], turn_index: Sequence[i
     return {session: row for session, (_, row) in final.items()}
 
 
-@register_adv_est("mempo")
-def compute_mempo_advantage(
+def _prompt_has_success(
+    session_rewards: torch.Tensor, session_prompts: Sequence[Hashable], segment_prompts: Sequence[Hashable]
+) -> torch.Tensor:
+    """`(B,)` bool: the segment's prompt has a session with R^T > 0 (``MemoryGate`` ``task_success``)."""
+    succeeded = {prompt for prompt, reward in zip(session_prompts, session_rewards.tolist(), strict=True) if reward > 0}
+    return torch.tensor([prompt in succeeded for prompt in segment_prompts], dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class MemPOAdvantage:
+    """Every advantage quantity of one step, computed once: the estimator returns `tokens`, the trainer's metrics and
+    credit dump read the rest.
+
+    Attributes:
+        tokens: `(B, T)` A of Eq. 9 (and Eq. 10's scale under ``trajectory_mean``), 0 outside the response mask.
+        trajectory: `(B,)` A^T of each segment's session.
+        memory: `(B,)` A^M of each segment after ``MemoryGate`` (0 without memory credit).
+        memory_gated: `(B,)` bool, a memory segment whose A^M the gate set to 0.
+        memory_group_std: `(G,)` unbiased std of R^M in each A^M group of two or more members (before the gate).
+        memory_group_floor: `(G,)` each such group's noise floor σ_min.
+    """
+
+    tokens: torch.Tensor
+    trajectory: torch.Tensor
+    memory: torch.Tensor
+    memory_gated: torch.Tensor
+    memory_group_std: torch.Tensor
+    memory_group_floor: torch.Tensor
+
+
+def mempo_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
-    index: np.ndarray,
-    config: Any = None,
+    index: Sequence[Hashable],
     session_index: Sequence[Hashable] | None = None,
     turn_index: Sequence[int] | None = None,
     memory_mask: torch.Tensor | None = None,
@@ -337,18 +376,16 @@ def compute_mempo_advantage(
     loss_normalization: LossNormalization = "token_mean",
     memory_noise_scale: torch.Tensor | None = None,
     memory_noise_floor: float = MEMORY_NOISE_FLOOR,
-    **unused: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MemPO advantage for a batch of segments, registered with verl as `"mempo"`.
-
-    1. R^T per session from its final segment; 2. A^T = GRPO over the sessions of each prompt, broadcast to every
-    segment of the session; 3. A^M = z-score of R^M per group; 4. Eq. 9 token sum.
+    memory_gate: MemoryGate = "always",
+) -> MemPOAdvantage:
+    """The MemPO advantage of a batch of segments: 1. R^T per session from its final segment; 2. A^T = GRPO over the
+    sessions of each prompt, broadcast to every segment of the session; 3. A^M = z-score of R^M per group, then the
+    gate; 4. Eq. 9 token sum; 5. Eq. 10 (optional).
 
     Args:
         token_level_rewards: `(B, T)` verl's rewards; the row sum of a session's final segment is R^T.
         response_mask: `(B, T)` 1 on generated tokens.
         index: `(B,)` prompt id (`uid`) of each segment.
-        config: verl's `AlgoConfig`, read for `norm_adv_by_std_in_grpo` when given (as verl's estimators do).
         session_index: `(B,)` session of each segment. None: every row is its own session (how verl's generic
             estimator dispatch calls us; the MemPO trainer always passes it).
         turn_index: `(B,)` turn of each segment in its session. None: all 0.
@@ -362,9 +399,7 @@ def compute_mempo_advantage(
         loss_normalization: see `LossNormalization`; `trajectory_mean` scales each row by Eq. 10's weight.
         memory_noise_scale: `(B,)` sqrt(P_mem² + ε²) per segment (`MemoryCredit.noise_scale`); None: 1.
         memory_noise_floor: ρ of A^M's noise floor σ_min = ρ · mean_group scale, see `MEMORY_NOISE_FLOOR`.
-
-    Returns:
-        `(advantages, returns)`, both `(B, T)` (returns = advantages, as verl's GRPO).
+        memory_gate: which prompts' segments keep their A^M, see `MemoryGate`.
     """
     num_rows = token_level_rewards.shape[0]
     if response_mask.shape != token_level_rewards.shape:
@@ -372,8 +407,12 @@ def compute_mempo_advantage(
             f"response_mask {tuple(response_mask.shape)} != token_level_rewards {tuple(token_level_rewards.shape)}"
         )
     _check_rows("index", index, num_rows)
-    if config is not None:
-        norm_adv_by_std_in_grpo = config.get("norm_adv_by_std_in_grpo", norm_adv_by_std_in_grpo)
+    if loss_normalization not in get_args(LossNormalization):
+        allowed = list(get_args(LossNormalization))
+        raise ValueError(f"loss_normalization {loss_normalization!r} is not one of {allowed}")
+    if memory_gate not in get_args(MemoryGate):
+        raise ValueError(f"memory_gate {memory_gate!r} is not one of {list(get_args(MemoryGate))}")
+    index = list(index)
     session_index = list(range(num_rows)) if session_index is None else list(session_index)
     turn_index = [0] * num_rows if turn_index is None else [int(turn) for turn in turn_index]
     _check_rows("session_index", session_index, num_rows)
@@ -383,25 +422,30 @@ def compute_mempo_advantage(
         final_rows = final_segment_rows(session_index, turn_index)
         sessions = list(final_rows)
         session_rewards = token_level_rewards[[final_rows[s] for s in sessions]].sum(dim=-1)  # (S,)
+        session_prompts = [index[final_rows[s]] for s in sessions]
 
         # 2. A^T per session (GRPO over the prompt's sessions), given to every segment of the session
-        session_adv = trajectory_advantage(
-            session_rewards, [index[final_rows[s]] for s in sessions], norm_adv_by_std_in_grpo, epsilon
-        )
+        session_adv = trajectory_advantage(session_rewards, session_prompts, norm_adv_by_std_in_grpo, epsilon)
         position = {session: i for i, session in enumerate(sessions)}
         segment_traj_adv = session_adv[[position[s] for s in session_index]]  # (B,)
 
-        # 3. A^M per segment
+        # 3. A^M per segment, then the gate
+        no_group = torch.zeros(0)
+        segment_mem_adv = torch.zeros(num_rows, dtype=segment_traj_adv.dtype)
+        gated = torch.zeros(num_rows, dtype=torch.bool)
+        group_std, group_floor = no_group, no_group
         if memory_mask is None or memory_rewards is None:
             memory_mask = torch.zeros_like(response_mask)
-            segment_mem_adv = torch.zeros(num_rows, dtype=segment_traj_adv.dtype)
         else:
             if has_memory is None:
                 has_memory = (memory_mask * response_mask).sum(dim=-1) > 0
-            segment_mem_adv = memory_advantage(
-                memory_rewards, has_memory, list(index), turn_index, memory_grouping, epsilon,
-                memory_noise_scale, memory_noise_floor,
-            ).to(segment_traj_adv.dtype)  # fmt: skip
+            groups = (memory_rewards, has_memory, index, turn_index, memory_grouping)
+            noise = {"noise_scale": memory_noise_scale, "noise_floor": memory_noise_floor}
+            segment_mem_adv = memory_advantage(*groups, epsilon=epsilon, **noise).to(segment_traj_adv.dtype)
+            group_std, group_floor = memory_group_stats(*groups, **noise)
+            if memory_gate == "task_success":
+                gated = has_memory.bool() & ~_prompt_has_success(session_rewards, session_prompts, index)
+                segment_mem_adv = segment_mem_adv.masked_fill(gated, 0.0)
 
         # 4. Eq. 9
         advantages = token_advantages(segment_traj_adv, segment_mem_adv, memory_mask, response_mask, alpha)
@@ -409,7 +453,32 @@ def compute_mempo_advantage(
         # 5. Eq. 10 (optional): every trajectory weighs the same in the loss
         if loss_normalization == "trajectory_mean":
             advantages = advantages * trajectory_mean_weights(session_index, response_mask).unsqueeze(-1)
-        elif loss_normalization != "token_mean":
-            allowed = list(get_args(LossNormalization))
-            raise ValueError(f"loss_normalization {loss_normalization!r} is not one of {allowed}")
+    return MemPOAdvantage(advantages, segment_traj_adv, segment_mem_adv, gated, group_std, group_floor)
+
+
+@register_adv_est("mempo")
+def compute_mempo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    config: Any = None,
+    reward_baselines: torch.Tensor | None = None,
+    **mempo_inputs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MemPO advantage for a batch of segments, registered with verl as `"mempo"`: `mempo_advantage(...).tokens`.
+
+    Args:
+        token_level_rewards, response_mask, index: as `mempo_advantage`.
+        config: verl's `AlgoConfig`, read for `norm_adv_by_std_in_grpo` when given (as verl's estimators do).
+        reward_baselines: passed by verl's generic dispatch when the batch has them (ray_trainer.compute_advantage
+            ~L258); unused: MemPO's baseline is the group mean.
+        **mempo_inputs: the keyword arguments of `mempo_advantage` (a misspelt one raises its TypeError).
+
+    Returns:
+        `(advantages, returns)`, both `(B, T)` (returns = advantages, as verl's GRPO).
+    """
+    if config is not None:
+        default = mempo_inputs.get("norm_adv_by_std_in_grpo", True)
+        mempo_inputs["norm_adv_by_std_in_grpo"] = config.get("norm_adv_by_std_in_grpo", default)
+    advantages = mempo_advantage(token_level_rewards, response_mask, index, **mempo_inputs).tokens
     return advantages, advantages

@@ -9,7 +9,7 @@ The section sits at the top level of verl's composed config, next to ``actor_rol
       env:     {name: search_qa, kwargs: {topk: 3}, tool_timeout_s: 60}
       reward:  {mode: all_em, source: reward_function, normalization: squad}
       credit:  {alpha: 1.0, grouping: group, baseline: prefix, scorer: rollout, max_scoring_tokens: null,
-                loss_normalization: token_mean, memory_noise_floor: 0.02}
+                loss_normalization: token_mean, memory_noise_floor: 0.02, memory_gate: always}
       update:  {mini_batch: prompts}
       run:     {timeout_s: 0, credit_dump_dir: null}
       tags:    {mem: mem, think: think, tool_call: tool_call, answer: answer, information: information}
@@ -34,7 +34,7 @@ from typing import Any, Literal, get_args
 
 from verl.trainer.ppo.utils import need_reference_policy
 
-from mempo_verl.advantage import MEMORY_NOISE_FLOOR, LossNormalization, MemoryGrouping
+from mempo_verl.advantage import MEMORY_NOISE_FLOOR, LossNormalization, MemoryGate, MemoryGrouping
 from mempo_verl.memory_credit import BASELINE_MODES, BaselineMode
 from mempo_verl.protocol import TagSet
 from mempo_verl.rewards import ANSWER_NORMALIZATIONS, REWARD_MODES, AnswerNormalization, RewardMode
@@ -246,6 +246,10 @@ class CreditConfig:
     σ_min = ρ · mean_group sqrt(P[ans | q, mem_t]² + ε_t²), so R^M spreads at the level of the scoring noise give
     A^M ≈ 0 instead of unit advantages. Default ``advantage.MEMORY_NOISE_FLOOR`` = 0.02 (ours, from the fp32/bf16
     measurement described there; the paper is silent); 0 = the plain z-score; any finite number >= 0."""
+    memory_gate: MemoryGate = "always"
+    """Which prompts' ``<mem>`` segments get A^M: ``always`` (the paper; default) or ``task_success`` (only prompts
+    with a session of R^T > 0; ours, an ablation of A^M steering the memory where the task gives no signal; see
+    ``advantage.MemoryGate``)."""
 
     def __post_init__(self) -> None:
         alpha = self.alpha
@@ -257,6 +261,7 @@ class CreditConfig:
         if self.max_scoring_tokens is not None:
             _check_int("mempo.credit.max_scoring_tokens", self.max_scoring_tokens, 2)
         _check_choice("mempo.credit.loss_normalization", self.loss_normalization, get_args(LossNormalization))
+        _check_choice("mempo.credit.memory_gate", self.memory_gate, get_args(MemoryGate))
         floor = self.memory_noise_floor
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
             _fail("mempo.credit.memory_noise_floor", floor, "a finite number >= 0")

@@ -9,6 +9,7 @@ from collections import Counter
 
 import torch
 
+from mempo_verl.advantage import MemPOAdvantage
 from mempo_verl.memory_credit import MemoryCredit
 from mempo_verl.segments import TERMINATION_REASONS, Segment
 
@@ -50,25 +51,19 @@ def episode_metrics(segments: list[Segment | None], session_rewards: torch.Tenso
 
 
 def credit_metrics(
-    credit: MemoryCredit,
-    memory_adv: torch.Tensor,
-    advantages: torch.Tensor,
-    memory_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    group_std: torch.Tensor,
-    group_floor: torch.Tensor,
+    credit: MemoryCredit, advantage: MemPOAdvantage, memory_mask: torch.Tensor, response_mask: torch.Tensor
 ) -> dict[str, float]:
     """Memory-credit and advantage statistics.
 
     Args:
         credit: R^M, P[ans|mem] and ε per row.
-        memory_adv: `(B,)` A^M.
-        advantages: `(B, T)` final token advantages.
+        advantage: the step's advantages (`advantage.mempo_advantage`): A^M, the gate, the A^M groups' R^M std and
+            noise floor σ_min, the final `(B, T)` token advantages.
         memory_mask: `(B, T)` 1 inside `<mem>` spans.
         response_mask: `(B, T)` 1 on generated tokens.
-        group_std: `(G,)` std of R^M within each A^M group of two or more (`advantage.memory_group_stats`).
-        group_floor: `(G,)` each group's noise floor σ_min (`mempo.credit.memory_noise_floor` × its scale).
     """
+    memory_adv, advantages = advantage.memory, advantage.tokens
+    group_std, group_floor = advantage.memory_group_std, advantage.memory_group_floor
     rows = credit.has_memory
     metrics: dict[str, float] = {"mempo/memory_credit/coverage": rows.float().mean().item() if len(rows) else 0.0}
     metrics.update(_mean_std("mempo/reward_M", credit.memory_reward[rows]))
@@ -82,6 +77,8 @@ def credit_metrics(
     metrics.update(_mean_std("mempo/p_ans_mem", credit.p_memory[rows]))
     metrics.update(_mean_std("mempo/epsilon", credit.p_baseline[rows]))
     metrics.update(_mean_std("mempo/adv_M", memory_adv[rows]))
+    if rows.any():
+        metrics["mempo/adv_M/gated"] = advantage.memory_gated[rows].float().mean().item()
     in_memory = (memory_mask * response_mask).bool()
     outside = response_mask.bool() & ~in_memory
     if in_memory.any():

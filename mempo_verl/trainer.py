@@ -47,7 +47,7 @@ from verl.utils.py_functional import rename_dict
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from mempo_verl.advantage import compute_mempo_advantage, memory_advantage, memory_group_stats
+from mempo_verl.advantage import mempo_advantage
 from mempo_verl.config import MemPOConfig, check_verl_config, model_positions, scoring_window
 from mempo_verl.memory_credit import (
     MemoryCredit,
@@ -357,10 +357,10 @@ class MemPOTrainer(PPOTrainerSync):
         response_lengths = nested_response_mask.offsets().diff().tolist()
         memory_mask = memory_token_mask(segments, response_lengths, response_mask.shape[1])
         uids, turn_index = list(proto.non_tensor_batch["uid"]), [0 if s is None else s.segment_index for s in segments]
-        advantages, returns = compute_mempo_advantage(
+        advantage = mempo_advantage(
             token_level_rewards=proto.batch["token_level_rewards"],
             response_mask=response_mask,
-            index=proto.non_tensor_batch["uid"],
+            index=uids,
             session_index=sessions,
             turn_index=turn_index,
             memory_mask=memory_mask,
@@ -371,21 +371,17 @@ class MemPOTrainer(PPOTrainerSync):
             loss_normalization=self.mempo.credit.loss_normalization,
             memory_noise_scale=credit.noise_scale,
             memory_noise_floor=self.mempo.credit.memory_noise_floor,
+            memory_gate=self.mempo.credit.memory_gate,
             norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
         )
-        proto.batch["advantages"], proto.batch["returns"] = advantages, returns
+        advantages = advantage.tokens
+        proto.batch["advantages"], proto.batch["returns"] = advantages, advantages
         metrics.update(episode_metrics(segments, proto.batch["token_level_scores"].sum(dim=-1)))
-        groups = (credit.memory_reward, credit.has_memory, uids, turn_index, self.mempo.credit.grouping)
-        noise = {"noise_scale": credit.noise_scale, "noise_floor": self.mempo.credit.memory_noise_floor}
-        memory_adv = memory_advantage(*groups, **noise)
-        group_std, group_floor = memory_group_stats(*groups, **noise)
-        metrics.update(
-            credit_metrics(credit, memory_adv, advantages, memory_mask, response_mask, group_std, group_floor)
-        )
+        metrics.update(credit_metrics(credit, advantage, memory_mask, response_mask))
         if self.mempo.run.credit_dump_dir:
             dump_credit(
                 Path(self.mempo.run.credit_dump_dir) / f"credit_step{self.global_steps}.jsonl",
-                batch.keys, sessions, segments, credit, memory_adv, advantages, response_lengths,
+                batch.keys, sessions, segments, credit, advantage.memory, advantages, response_lengths,
                 proto.batch["token_level_scores"].sum(dim=-1),
             )  # fmt: skip
 

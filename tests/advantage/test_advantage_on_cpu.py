@@ -17,6 +17,7 @@ from mempo_verl.advantage import (
     group_zscore,
     memory_advantage,
     memory_group_stats,
+    mempo_advantage,
     token_advantages,
     trajectory_advantage,
     trajectory_mean_weights,
@@ -168,23 +169,56 @@ def test_permuting_rows_permutes_advantages():
     index = np.array([r[0] for r in rows], dtype=object)
     sessions = [(r[0], r[1]) for r in rows]
     turns = [r[2] for r in rows]
-    base, _ = compute_mempo_advantage(
-        rewards, response_mask, index, None, sessions, turns, memory_mask, memory_rewards, alpha=1.0
-    )
+    inputs = {"session_index": sessions, "turn_index": turns, "memory_mask": memory_mask, "alpha": 1.0}
+    base, _ = compute_mempo_advantage(rewards, response_mask, index, memory_rewards=memory_rewards, **inputs)
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(4))
     p = perm.tolist()
     permuted, _ = compute_mempo_advantage(
         rewards[perm],
         response_mask[perm],
         index[p],
-        None,
-        [sessions[i] for i in p],
-        [turns[i] for i in p],
-        memory_mask[perm],
-        memory_rewards[perm],
+        session_index=[sessions[i] for i in p],
+        turn_index=[turns[i] for i in p],
+        memory_mask=memory_mask[perm],
+        memory_rewards=memory_rewards[perm],
         alpha=1.0,
     )
     torch.testing.assert_close(permuted, base[perm])
+
+
+def test_task_success_gate_keeps_memory_advantage_only_where_a_session_succeeded():
+    # prompt p: sessions R^T 1 and 0; prompt q: both 0. One segment per session, 3 tokens, the first 2 are <mem>.
+    rewards = torch.tensor([[0, 0, 1.0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    response_mask = torch.ones(4, 3)
+    memory_mask = torch.tensor([[1, 1, 0]] * 4)
+    inputs = dict(
+        index=["p", "p", "q", "q"],
+        session_index=[0, 1, 2, 3],
+        memory_mask=memory_mask,
+        memory_rewards=torch.tensor([0.2, 0.6, 0.1, 0.5]),
+        memory_noise_floor=0.0,
+    )
+    gated = mempo_advantage(rewards, response_mask, memory_gate="task_success", **inputs)
+    always = mempo_advantage(rewards, response_mask, **inputs)
+    # by hand: each prompt's R^M pair (a, a + 0.4) has mean a + 0.2 and unbiased std sqrt(2 * 0.2² / 1) = 0.2 * √2,
+    # so A^M = ∓1/√2; p's A^T = ±1/√2 (rewards 1, 0: mean 0.5, std 1/√2), q's A^T = 0
+    z = 1 / math.sqrt(2)
+    torch.testing.assert_close(always.memory, torch.tensor([-z, z, -z, z]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(gated.memory, torch.tensor([-z, z, 0.0, 0.0]), atol=1e-5, rtol=0)
+    assert gated.memory_gated.tolist() == [False, False, True, True]
+    assert not always.memory_gated.any()
+    torch.testing.assert_close(gated.trajectory, torch.tensor([z, -z, 0.0, 0.0]), atol=1e-5, rtol=0)
+    # q's <mem> tokens get A^T (0) alone under the gate; the A^M groups' statistics are the ungated ones
+    torch.testing.assert_close(gated.tokens[2:], torch.zeros(2, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(gated.tokens[0], torch.tensor([0.0, 0.0, z]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(gated.memory_group_std, always.memory_group_std)
+    with pytest.raises(ValueError, match=r"memory_gate 'sometimes' is not one of \['always', 'task_success'\]"):
+        mempo_advantage(rewards, response_mask, memory_gate="sometimes", **inputs)
+
+
+def test_misspelt_estimator_argument_raises():
+    with pytest.raises(TypeError, match="memory_grouppng"):
+        compute_mempo_advantage(torch.zeros(1, 2), torch.ones(1, 2), np.array(["u"]), memory_grouppng="batch")
 
 
 def test_registered_in_verl():

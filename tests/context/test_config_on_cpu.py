@@ -92,6 +92,7 @@ def test_dataclasses_are_frozen():
         ({"scorer": "critic"}, r"mempo.credit.scorer='critic' is invalid; allowed: actor, ref, rollout"),
         ({"memory_noise_floor": -0.1}, r"mempo.credit.memory_noise_floor=-0.1 is invalid; allowed: a finite number"),
         ({"memory_noise_floor": float("inf")}, r"mempo.credit.memory_noise_floor=inf"),
+        ({"memory_gate": "never"}, r"mempo.credit.memory_gate='never' is invalid; allowed: always, task_success"),
     ],
 )
 def test_credit_section_validated(credit, message):
@@ -102,5 +103,6 @@ def test_credit_section_validated(credit, message):
 def test_credit_section_defaults_follow_the_paper():
     credit = MemPOConfig.from_config(None).credit
     assert (credit.alpha, credit.grouping, credit.baseline) == (1.0, "group", "prefix")
+    assert credit.memory_gate == "always"  # the paper gives every prompt's <mem> segments their A^M
     # the paper is silent on who scores: ours, `rollout`, as it matched `actor` within issue 11's 1e-4 (fp32)
     assert credit.scorer == "rollout"

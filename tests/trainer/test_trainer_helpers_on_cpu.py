@@ -11,6 +11,7 @@ import torch
 from tensordict import TensorDict
 
 from mempo_verl import agent_loop
+from mempo_verl.advantage import MemPOAdvantage
 from mempo_verl.config import MemPOConfig
 from mempo_verl.memory_credit import (
     HistoryTurn,
@@ -189,9 +190,17 @@ def test_episode_and_credit_metrics_by_hand():
     memory_mask = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 0]])
     response_mask = torch.tensor([[1, 1, 1], [1, 1, 1], [0, 0, 0]])
     group_std, group_floor = torch.tensor([0.28, 0.001]), torch.tensor([0.01, 0.005])  # group 2 is under its floor
-    out = credit_metrics(
-        credit, torch.tensor([0.7, -0.7, 0.0]), advantages, memory_mask, response_mask, group_std, group_floor
+    advantage = MemPOAdvantage(
+        tokens=advantages,
+        trajectory=torch.zeros(3),
+        memory=torch.tensor([0.7, 0.0, 0.0]),
+        memory_gated=torch.tensor([False, True, False]),  # row 1's A^M (-0.7) gated to 0
+        memory_group_std=group_std,
+        memory_group_floor=group_floor,
     )
+    out = credit_metrics(credit, advantage, memory_mask, response_mask)
+    assert out["mempo/adv_M/gated"] == 0.5  # 1 of the 2 rows with R^M
+    assert out["mempo/adv_M/mean"] == pytest.approx(0.35)  # (0.7 + 0) / 2, over rows with R^M
     assert out["mempo/reward_M/group_std/mean"] == pytest.approx(0.1405)  # (0.28 + 0.001) / 2
     assert out["mempo/reward_M/group_std/min"] == pytest.approx(0.001)
     assert out["mempo/reward_M/group_std/max"] == pytest.approx(0.28)
