@@ -3,13 +3,14 @@ SFT checkpoint with the same seeds, each checkpoint evaluated on held-out worlds
 
     python -m mempo_verl.tiny.experiment --seeds 0 --steps 20 --out runs/tiny_world
     python -m mempo_verl.tiny.experiment --seeds 0,1,2 --steps 20 --out runs/tiny_world   # the 3-seed report
+    python -m mempo_verl.tiny.experiment --alphas 1 --set mempo.credit.memory_gate=task_success --out runs/gated
 
 Each RL run is the user CLI (``python -m mempo_verl.main``, recipe ``tiny_cpu``) with ``mempo.credit.alpha``, the
-data order (``data.seed``) and the rollout seed set, all from one SFT checkpoint: ``--sft-model`` or the recipe's own
-(``${mempo_tiny_world:sft_model}``: the shipped checkpoint, or trained once by verl's SFT trainer). Evaluation is
-``mempo-eval``'s runner over held-out worlds with k = 1-4 (k = 3, 4: more objectives than trained), greedy, the
-``memory`` context. Writes
-``<out>/results.md`` (the table), ``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs.
+data order (``data.seed``) and the rollout seed set, plus any ``--set`` overrides, all from one SFT checkpoint:
+``--sft-model`` or the recipe's own (``${mempo_tiny_world:sft_model}``: the shipped checkpoint, or trained once by
+verl's SFT trainer). Evaluation is ``mempo-eval``'s runner over held-out worlds with k = 1-4 (k = 3, 4: more
+objectives than trained), greedy, the ``memory`` context. Writes ``<out>/results.md`` (the table),
+``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ def evaluate(model: str, out_dir: Path, examples: int) -> dict[int, dict[str, fl
     }
 
 
-def train(out_dir: Path, seed: int, alpha: float, steps: int, sft_model: str) -> Path:
-    """One RL run of the ``tiny_cpu`` recipe from ``sft_model`` (skipped when its final checkpoint exists); returns
-    its folder."""
+def train(out_dir: Path, seed: int, alpha: float, steps: int, sft_model: str, overrides: list[str]) -> Path:
+    """One RL run of the ``tiny_cpu`` recipe from ``sft_model`` with extra Hydra ``overrides`` (skipped when its final
+    checkpoint exists); returns its folder."""
     run_dir = out_dir / f"seed{seed}_alpha{alpha:g}"
     if (run_dir / f"global_step_{steps}" / "actor" / "huggingface" / "config.json").exists():
         return run_dir
@@ -91,6 +92,7 @@ def train(out_dir: Path, seed: int, alpha: float, steps: int, sft_model: str) ->
         f"trainer.save_freq={steps}",
         f"trainer.default_local_dir={run_dir}",
         f"trainer.experiment_name=tiny_world_seed{seed}_alpha{alpha:g}",
+        *overrides,
     ]
     log(f"RL alpha={alpha:g} seed={seed}: {' '.join(command[1:])}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    colors = {1.0: "tab:red", 0.0: "tab:blue"}
+    colors = {1.0: "tab:red", 0.0: "tab:blue"}  # any other alpha: matplotlib's next colour
     for ax, (key, title) in zip(axes[:2], CURVES, strict=True):
         for run in results["runs"]:
             series = run["curves"].get(key, [])
@@ -117,7 +119,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax.plot(
                     steps,
                     values,
-                    color=colors[run["alpha"]],
+                    color=colors.get(run["alpha"]),
                     alpha=0.8,
                     label=f"alpha={run['alpha']:g} seed {run['seed']}",
                 )
@@ -127,10 +129,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     width = 0.25
     for ax, metric, title in ((axes[2], "all_em", "held-out R^T (% all answers right)"), (axes[3], "pt", "PT")):
         ax.bar([k - width for k in ks], [results["sft"][str(k)][metric] for k in ks], width, color="grey", label="SFT")
-        for offset, alpha in ((0.0, 1.0), (width, 0.0)):
+        for offset, alpha in zip((0.0, width), results["alphas"], strict=False):
             runs = [r for r in results["runs"] if r["alpha"] == alpha]
             means = [sum(r["eval"][str(k)][metric] for r in runs) / len(runs) for k in ks]
-            ax.bar([k + offset for k in ks], means, width, color=colors[alpha], label=f"alpha={alpha:g} (mean)")
+            ax.bar([k + offset for k in ks], means, width, color=colors.get(alpha), label=f"alpha={alpha:g} (mean)")
         ax.set(title=title, xlabel="objectives k (trained on 1-2)", xticks=ks)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -150,7 +152,7 @@ def table(results: dict[str, Any]) -> str:
     lines.append(row("SFT", results["sft"]))
     for run in results["runs"]:
         lines.append(row(f"alpha={run['alpha']:g} seed {run['seed']}", run["eval"]))
-    for alpha in ALPHAS:
+    for alpha in results["alphas"]:
         runs = [r for r in results["runs"] if r["alpha"] == alpha]
         if len(runs) > 1:
             mean = {
@@ -164,6 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--steps", type=int, default=20, help="RL steps per run")
+    parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS), help="comma-separated A^M weights")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for every RL run (repeatable), e.g. mempo.credit.memory_gate=task_success",
+    )
     parser.add_argument("--eval-examples", type=int, default=data.EVAL_ROWS, help="held-out worlds per k")
     parser.add_argument("--out", default="runs/tiny_world")
     parser.add_argument("--sft-model", help="a Hugging Face folder to start RL from (default: the recipe's SFT)")
@@ -173,11 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     log("SFT checkpoint (verl's SFT trainer; built once and cached)")
     sft_model = args.sft_model or data.tiny_world_sft_model()
     log(f"evaluating the SFT checkpoint on held-out worlds: {sft_model}")
+    alphas = [float(a) for a in args.alphas.split(",")]
     results: dict[str, Any] = {"sft_model": sft_model, "sft": evaluate(sft_model, out / "eval_sft", args.eval_examples)}
-    results["runs"] = []
+    results.update(alphas=alphas, overrides=args.overrides, steps=args.steps, runs=[])
     for seed in (int(s) for s in args.seeds.split(",")):
-        for alpha in ALPHAS:
-            run_dir = train(out, seed, alpha, args.steps, sft_model)
+        for alpha in alphas:
+            run_dir = train(out, seed, alpha, args.steps, sft_model, args.overrides)
             model = run_dir / f"global_step_{args.steps}" / "actor" / "huggingface"
             log(f"evaluating alpha={alpha:g} seed={seed}")
             metrics = read_metrics(run_dir / "metrics.jsonl")
