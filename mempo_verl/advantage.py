@@ -29,59 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-MemoryGrouping = Literal["group", "per_turn", "batch"]
-"""Which segments' R^M are compared to each other when z-scoring A^M.
-
-group     all `<mem>` segments of all sessions of one prompt (default, DESIGN §3)
-per_turn  only segments of the same prompt and the same turn index
-batch     every `<mem>` segment of the batch
-"""
-
-MemoryGate = Literal["always", "task_success"]
-"""Which prompts' memory segments keep their A^M (``mempo.credit.memory_gate``).
-
-always        every prompt's (the paper; default)
-task_success  only those of prompts with at least one session of R^T > 0; elsewhere the `<mem>` tokens get A^T alone
-              (ours, an ablation: when every session of a prompt fails, A^T is 0 and A^M alone moves the policy; on
-              the tiny world that drifted α = 1 runs into never answering, README "The tiny world")
-"""
-
-LossNormalization = Literal["token_mean", "trajectory_mean"]
-"""How the PPO loss weighs tokens (DESIGN §3 "loss aggregation").
-
-token_mean       verl's `token-mean`: every generated token of the mini-batch weighs the same (default)
-trajectory_mean  Eq. 10: L = 1/S Σ_i 1/|τ_i| Σ_{t ∈ τ_i} ℓ_t, each trajectory weighs the same however many segments
-                 and tokens it has. Realised by scaling every token's advantage by N / (S·|τ_i|) under verl's
-                 `token-mean` (the PPO-clip token loss is linear in a positive scale of A); exact when a step is one
-                 mini-batch, the expected weighting when verl splits the step into several
-"""
-
-MEMORY_NOISE_FLOOR = 0.02
-"""ρ, the default relative noise floor of A^M's z-score (``mempo.credit.memory_noise_floor``): a group's R^M std is
-floored at σ_min = ρ · mean_group sqrt(P_mem² + ε²), P_mem = P[ans | q, mem_t], ε = ε_t (Eq. 5).
-
-Why: each P (Eq. 4) comes from one forward pass, and rounding moves it by a small fraction of itself; a z-score
-turns any spread, however small, into advantages of unit size (R^M = [0.3, 0.30001, 0.29999, 0.3] gave
-A^M = [0, +1.09, -1.09, 0] with ε = 1e-6 alone). Below the floor the z-score divides by σ_min instead, so spreads
-at the level of the scoring noise give |A^M| ≲ spread / σ_min ≈ 0. The noise of R^M = P_mem − ε is that of two
-independently rounded probabilities, r · sqrt(P_mem² + ε²) for a relative error r, hence a floor relative to that
-scale: it holds for a tiny model whose P are 1e-3 as for a 7B whose P are 0.5.
-
-Measured (2026-12, this repository, CPU): the format-tuned tiny Qwen2 (``testing.warm_start``, 2 layers) scored 160
-memory-credit sequences (16 shipped QA rows × 2 answers × the question and 4 memories, ≈ 357 tokens, search tool
-schema in the system turn) in fp32 and in bf16 weights (log-softmax in fp32 over the logits, as verl's actor).
-|P_bf16 − P_fp32| / P: median 1.1 %, 90th percentile 2.5 %, max 4.7 %. Per group of 4 R^M (t = 1, shared ε),
-std(R^M_bf16 − R^M_fp32) / mean sqrt(P_mem² + ε²): median 1.0 %, 90th percentile 1.4 %, max 1.65 %; the real
-spread of those groups, std(R^M) / the same scale, was 3.6 % / 6.3 % / 14 % (10th / 50th / 90th percentile).
-ρ = 2 % sits just above the largest bf16 noise seen and below the real spreads. Not measured: deeper models (more
-layers accumulate more rounding), and vLLM scoring (``scorer: rollout``), whose kernels differ from the actor's.
-"""
+from mempo_verl.config import MEMORY_NOISE_FLOOR, LossNormalization, MemoryGate, MemoryGrouping
 
 _GROUP_KEY: dict[str, Callable[[Hashable, int], Hashable]] = {
     "group": lambda prompt, turn: prompt,

@@ -40,7 +40,7 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
 from verl.workers.rollout.replica import TokenOutput
 
-from mempo_verl.config import EnvConfig, MemPOConfig, model_positions, scoring_window
+from mempo_verl.config import EnvConfig, mempo_section, model_positions, scoring_window
 from mempo_verl.context import (
     ContextPolicy,
     ContextTurn,
@@ -158,7 +158,7 @@ class MemPOAgentLoop(AgentLoopBase):
         # verl passes tools=ToolListWrap(...) of its own tool registry; the environment provides ours instead
         kwargs.pop("tools", None)
         super().__init__(*args, **kwargs)
-        self.mempo = MemPOConfig.from_config(self.config.get("mempo"))
+        self.mempo = mempo_section(self.config)
         self.policy = ContextPolicy(self.mempo.context, self.mempo.tags)
         self.env = get_environment(self.mempo.env)
         self.tool_schemas = list(self.env.tool_schemas())

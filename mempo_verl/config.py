@@ -32,12 +32,62 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from verl.trainer.ppo.utils import need_reference_policy
-
-from mempo_verl.advantage import MEMORY_NOISE_FLOOR, LossNormalization, MemoryGate, MemoryGrouping
-from mempo_verl.memory_credit import BASELINE_MODES, BaselineMode
 from mempo_verl.protocol import TagSet
 from mempo_verl.rewards import ANSWER_NORMALIZATIONS, REWARD_MODES, AnswerNormalization, RewardMode
+
+MemoryGrouping = Literal["group", "per_turn", "batch"]
+"""Which segments' R^M are compared to each other when z-scoring A^M.
+
+group     all `<mem>` segments of all sessions of one prompt (default, DESIGN §3)
+per_turn  only segments of the same prompt and the same turn index
+batch     every `<mem>` segment of the batch
+"""
+
+MemoryGate = Literal["always", "task_success"]
+"""Which prompts' memory segments keep their A^M (``mempo.credit.memory_gate``).
+
+always        every prompt's (the paper; default)
+task_success  only those of prompts with at least one session of R^T > 0; elsewhere the `<mem>` tokens get A^T alone
+              (ours, an ablation: when every session of a prompt fails, A^T is 0 and A^M alone moves the policy; on
+              the tiny world that drifted α = 1 runs into never answering, README "The tiny world")
+"""
+
+LossNormalization = Literal["token_mean", "trajectory_mean"]
+"""How the PPO loss weighs tokens (DESIGN §3 "loss aggregation").
+
+token_mean       verl's `token-mean`: every generated token of the mini-batch weighs the same (default)
+trajectory_mean  Eq. 10: L = 1/S Σ_i 1/|τ_i| Σ_{t ∈ τ_i} ℓ_t, each trajectory weighs the same however many segments
+                 and tokens it has. Realised by scaling every token's advantage by N / (S·|τ_i|) under verl's
+                 `token-mean` (the PPO-clip token loss is linear in a positive scale of A); exact when a step is one
+                 mini-batch, the expected weighting when verl splits the step into several
+"""
+
+MEMORY_NOISE_FLOOR = 0.02
+"""ρ, the default relative noise floor of A^M's z-score (``mempo.credit.memory_noise_floor``): a group's R^M std is
+floored at σ_min = ρ · mean_group sqrt(P_mem² + ε²), P_mem = P[ans | q, mem_t], ε = ε_t (Eq. 5).
+
+Why: each P (Eq. 4) comes from one forward pass, and rounding moves it by a small fraction of itself; a z-score
+turns any spread, however small, into advantages of unit size (R^M = [0.3, 0.30001, 0.29999, 0.3] gave
+A^M = [0, +1.09, -1.09, 0] with ε = 1e-6 alone). Below the floor the z-score divides by σ_min instead, so spreads
+at the level of the scoring noise give |A^M| ≲ spread / σ_min ≈ 0. The noise of R^M = P_mem − ε is that of two
+independently rounded probabilities, r · sqrt(P_mem² + ε²) for a relative error r, hence a floor relative to that
+scale: it holds for a tiny model whose P are 1e-3 as for a 7B whose P are 0.5.
+
+Measured (2026-12, this repository, CPU): the format-tuned tiny Qwen2 (``testing.warm_start``, 2 layers) scored 160
+memory-credit sequences (16 shipped QA rows × 2 answers × the question and 4 memories, ≈ 357 tokens, search tool
+schema in the system turn) in fp32 and in bf16 weights (log-softmax in fp32 over the logits, as verl's actor).
+|P_bf16 − P_fp32| / P: median 1.1 %, 90th percentile 2.5 %, max 4.7 %. Per group of 4 R^M (t = 1, shared ε),
+std(R^M_bf16 − R^M_fp32) / mean sqrt(P_mem² + ε²): median 1.0 %, 90th percentile 1.4 %, max 1.65 %; the real
+spread of those groups, std(R^M) / the same scale, was 3.6 % / 6.3 % / 14 % (10th / 50th / 90th percentile).
+ρ = 2 % sits just above the largest bf16 noise seen and below the real spreads. Not measured: deeper models (more
+layers accumulate more rounding), and vLLM scoring (``scorer: rollout``), whose kernels differ from the actor's.
+"""
+
+BaselineMode = Literal["prefix", "question", "none"]
+"""ε_t of Eq. 5 (DESIGN §3 "ε (baseline)"): ``prefix`` = P[ans | q, s_<t] with the full uncompressed history
+(default); ``question`` = P[ans | q]; ``none`` = 0 (no context to score: the caller uses a zero baseline)."""
+
+BASELINE_MODES: tuple[BaselineMode, ...] = get_args(BaselineMode)
 
 ContextPolicyName = Literal["memory", "full", "mem1"]
 """Which earlier turns a new turn sees (``mempo_verl/context.py``):
@@ -238,18 +288,18 @@ class CreditConfig:
     counted in ``mempo/credit_eps_truncated`` (``memory_credit.plan_memory_credit``); any integer >= 2."""
     loss_normalization: LossNormalization = "token_mean"
     """Token weighting of the PPO loss: ``token_mean`` (verl's, default) or ``trajectory_mean`` (Eq. 10, every
-    trajectory weighs the same; ``advantage.LossNormalization`` says how; needs
+    trajectory weighs the same; ``LossNormalization`` says how; needs
     ``actor_rollout_ref.actor.loss_agg_mode=token-mean``, checked by ``check_verl_config``). The paper recipe
     (``recipes/base/mempo_paper.yaml``) selects ``trajectory_mean``."""
     memory_noise_floor: float = MEMORY_NOISE_FLOOR
     """ρ, the relative scoring-noise floor of A^M's z-score: A^M = (R^M − mean) / (max(std, σ_min) + ε) with
     σ_min = ρ · mean_group sqrt(P[ans | q, mem_t]² + ε_t²), so R^M spreads at the level of the scoring noise give
-    A^M ≈ 0 instead of unit advantages. Default ``advantage.MEMORY_NOISE_FLOOR`` = 0.02 (ours, from the fp32/bf16
+    A^M ≈ 0 instead of unit advantages. Default ``MEMORY_NOISE_FLOOR`` = 0.02 (ours, from the fp32/bf16
     measurement described there; the paper is silent); 0 = the plain z-score; any finite number >= 0."""
     memory_gate: MemoryGate = "always"
     """Which prompts' ``<mem>`` segments get A^M: ``always`` (the paper; default) or ``task_success`` (only prompts
     with a session of R^T > 0; ours, an ablation of A^M steering the memory where the task gives no signal; see
-    ``advantage.MemoryGate``)."""
+    ``MemoryGate``)."""
 
     def __post_init__(self) -> None:
         alpha = self.alpha
@@ -331,6 +381,21 @@ class MemPOConfig:
         return _build(cls, _to_plain(config), "mempo")
 
 
+_SECTIONS: dict[int, tuple[Any, MemPOConfig]] = {}
+
+
+def mempo_section(config: Any) -> MemPOConfig:
+    """The validated ``mempo:`` section of verl's composed ``config``, parsed once per config object.
+
+    Why: verl builds one agent loop per sample from its worker's one config object; each would otherwise resolve
+    and validate the section again. The cache holds the object itself, so its ``id`` cannot be reused.
+    """
+    cached = _SECTIONS.get(id(config))
+    if cached is None or cached[0] is not config:
+        cached = _SECTIONS[id(config)] = (config, MemPOConfig.from_config(config.get("mempo")))
+    return cached[1]
+
+
 def _to_plain(config: Any) -> dict[str, Any]:
     """OmegaConf node -> plain dict (interpolations resolved); a mapping is copied; None is empty."""
     if config is None:
@@ -369,7 +434,7 @@ def check_verl_config(mempo: MemPOConfig, config: Any) -> None:
         )
     if trainer_mode != "mempo":
         return
-    # 2. Eq. 10 is realised as advantage scales under verl's token-mean (advantage.LossNormalization): another
+    # 2. Eq. 10 is realised as advantage scales under verl's token-mean (config.LossNormalization): another
     #    aggregation would weigh the scaled tokens again
     loss_agg_mode = config.actor_rollout_ref.actor.get("loss_agg_mode")
     if mempo.credit.loss_normalization == "trajectory_mean" and loss_agg_mode != "token-mean":
@@ -443,6 +508,8 @@ def scoring_window(mempo: MemPOConfig, config: Any, max_position_embeddings: int
 def _has_reference_policy(config: Any) -> bool:
     """Whether verl 0.9.1 gives the trainer a reference policy: a KL term (`ppo/utils.py` `need_reference_policy`) or
     a LoRA actor whose base weights serve as the reference (`trainer_base.py:234-237`, `ref_in_actor`)."""
+    from verl.trainer.ppo.utils import need_reference_policy  # here: importing this module needs no verl or torch
+
     model = config.actor_rollout_ref.model
     lora_rank = model.get("lora", {}).get("rank", 0) or 0
     if lora_rank <= 0:

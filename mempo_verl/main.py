@@ -76,11 +76,11 @@ def register_resolvers() -> None:
 
 def validate(config: DictConfig) -> None:
     """Fail fast, before Ray starts: a broken install, an unregistered name or a bad `mempo:` value."""
-    from mempo_verl.config import MemPOConfig, check_verl_config
+    from mempo_verl.config import check_verl_config, mempo_section
     from mempo_verl.doctor import require_ready
 
     require_ready()
-    check_verl_config(MemPOConfig.from_config(config.get("mempo")), config)
+    check_verl_config(mempo_section(config), config)
 
 
 # ray.init arguments that describe the node it would start: Ray refuses each of them when it attaches to a running
@@ -154,9 +154,9 @@ def train(config: DictConfig) -> None:
 
 
 def _timeout_s(config: DictConfig) -> float:
-    from mempo_verl.config import MemPOConfig
+    from mempo_verl.config import mempo_section
 
-    return float(os.environ.get("MEMPO_TIMEOUT_S") or MemPOConfig.from_config(config.get("mempo")).run.timeout_s)
+    return float(os.environ.get("MEMPO_TIMEOUT_S") or mempo_section(config).run.timeout_s)
 
 
 def console_printer(verbose: bool):

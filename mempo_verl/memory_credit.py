@@ -25,22 +25,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 
+from mempo_verl.config import BaselineMode
 from mempo_verl.protocol import DEFAULT_TAGS, TagSet, render_answer, render_information
 
 logger = logging.getLogger(__name__)
 
 Message = dict[str, str]
 """A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
-
-BaselineMode = Literal["prefix", "question", "none"]
-"""ε_t of Eq. 5 (DESIGN §3 "ε (baseline)"): ``prefix`` = P[ans | q, s_<t] with the full uncompressed history
-(default); ``question`` = P[ans | q]; ``none`` = 0 (no context to score: the caller uses a zero baseline)."""
-
-BASELINE_MODES: tuple[BaselineMode, ...] = get_args(BaselineMode)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -580,7 +575,7 @@ class MemoryCredit:
     @property
     def noise_scale(self) -> torch.Tensor:
         """(B,) sqrt(P[ans | q, mem_t]² + ε_t²): rounding moves each probability by a fraction of itself, so the
-        scoring noise of R^M (Eq. 5, a difference of two) scales with this (``advantage.MEMORY_NOISE_FLOOR``)."""
+        scoring noise of R^M (Eq. 5, a difference of two) scales with this (``config.MEMORY_NOISE_FLOOR``)."""
         return torch.sqrt(self.p_memory**2 + self.p_baseline**2)
 
 

@@ -48,7 +48,7 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from mempo_verl.advantage import mempo_advantage
-from mempo_verl.config import MemPOConfig, check_verl_config, model_positions, scoring_window
+from mempo_verl.config import check_verl_config, mempo_section, model_positions, scoring_window
 from mempo_verl.memory_credit import (
     MemoryCredit,
     ScoringSequence,
@@ -173,7 +173,7 @@ class MemPOTrainer(PPOTrainerSync):
 
     def __init__(self, config):
         super().__init__(config)
-        self.mempo = MemPOConfig.from_config(config.get("mempo"))
+        self.mempo = mempo_section(config)
         check_verl_config(self.mempo, config)
         # the most tokens of a scoring sequence (plan_memory_credit's length policy)
         self.scoring_window = scoring_window(

@@ -11,7 +11,6 @@ from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
 import mempo_verl  # noqa: F401  registers "mempo"
 from mempo_verl.advantage import (
-    MEMORY_NOISE_FLOOR,
     compute_mempo_advantage,
     final_segment_rows,
     group_zscore,
@@ -22,6 +21,7 @@ from mempo_verl.advantage import (
     trajectory_advantage,
     trajectory_mean_weights,
 )
+from mempo_verl.config import MEMORY_NOISE_FLOOR
 
 EPS = 1e-6
 

@@ -106,3 +106,18 @@ def test_credit_section_defaults_follow_the_paper():
     assert credit.memory_gate == "always"  # the paper gives every prompt's <mem> segments their A^M
     # the paper is silent on who scores: ours, `rollout`, as it matched `actor` within issue 11's 1e-4 (fp32)
     assert credit.scorer == "rollout"
+
+
+def test_mempo_section_is_parsed_once_per_config_object():
+    from omegaconf import OmegaConf
+
+    from mempo_verl.config import mempo_section
+
+    config = OmegaConf.create({"mempo": {"agent": {"max_turns": 3}}})
+    first = mempo_section(config)
+    assert first.agent.max_turns == 3
+    assert mempo_section(config) is first  # verl's one config object per worker: one parse for all agent loops
+    other = OmegaConf.create({"mempo": {"agent": {"max_turns": 5}}})
+    assert mempo_section(other).agent.max_turns == 5  # another object is parsed on its own
+    with pytest.raises(ValueError, match="mempo.agent.max_turns"):
+        mempo_section(OmegaConf.create({"mempo": {"agent": {"max_turns": 0}}}))

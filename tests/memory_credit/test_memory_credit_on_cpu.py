@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mempo_verl.config import BASELINE_MODES
 from mempo_verl.memory_credit import (
-    BASELINE_MODES,
     HistoryTurn,
     ScoringSequence,
     SegmentTurn,
