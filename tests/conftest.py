@@ -14,7 +14,7 @@ def model_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_path(model_cache):
     """Hugging Face folder of the tiny Qwen2 model (random weights, real Qwen2.5 tokenizer)."""
-    from mempo_verl.testing.tiny_model import tiny_model_dir
+    from mempo_verl.tiny.qwen_model import tiny_model_dir
 
     return tiny_model_dir(model_cache)
 

@@ -11,8 +11,8 @@ only, never on the order in which concurrent episodes reach the model (a resumed
              re-tokenized (counted as ``retokenized`` in the example's backend stats). Bounded in-flight requests,
              a time limit per request, retries with exponential backoff on connection errors, timeouts, 429 and 5xx.
              Every failure becomes a ``BackendError`` with a kind, which the runner records for the example.
-``local``    ``mempo_verl.testing.policy_server.PolicyServer`` in ``sampling`` mode (its transformers sampling, not
-             a copy), on CPU or any torch device.
+``local``    a transformers causal LM in this process (``sample_ids``, ``response_logprobs``; the tests'
+             ``PolicyServer`` samples with the same two functions), on CPU or any torch device.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ class OpenAICompletionsBackend:
 
 
 class _OnDevice:
-    """Hands ``PolicyServer`` (which builds its tensors on the CPU) a model on another device."""
+    """Hands ``sample_ids`` / ``response_logprobs`` (which build their tensors on the CPU) a model on another device."""
 
     def __init__(self, model: Any) -> None:
         self._model = model
@@ -273,8 +273,75 @@ class _OnDevice:
         return SimpleNamespace(logits=self._model(input_ids=input_ids.to(self.device), **kwargs).logits.cpu())
 
 
+def sample_ids(model: Any, tokenizer: Any, prompt: list[int], params: Mapping[str, Any], seed: int) -> list[int]:
+    """The ids ``model`` generates after ``prompt`` with vLLM-style sampling ``params`` (``temperature``, 0 = greedy;
+    ``top_p``; ``top_k``, -1 = off; ``max_tokens``), up to its limit or the tokenizer's eos; torch seeded with
+    ``seed`` first, so one seed gives one sample."""
+    import torch
+
+    temperature = float(params.get("temperature", 1.0))
+    max_tokens = int(params["max_tokens"])
+    kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "eos_token_id": tokenizer.eos_token_id}
+    if temperature > 0:
+        top_k = int(params.get("top_k", -1))
+        kwargs.update(
+            do_sample=True, temperature=temperature, top_p=float(params.get("top_p", 1.0)), top_k=max(top_k, 0)
+        )
+    else:
+        kwargs.update(do_sample=False)
+    torch.manual_seed(seed)
+    input_ids = torch.tensor([prompt], dtype=torch.long)
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pad_token_id=tokenizer.pad_token_id,
+            **kwargs,
+        )
+    return [int(i) for i in output[0, len(prompt) :].tolist()]
+
+
+def response_logprobs(model: Any, prompt: list[int], response: list[int]) -> list[float]:
+    """log π(response_j | prompt, response_<j) under ``model``, one float per response token (of the untempered
+    logits, as vLLM reports them); an id outside the model's vocabulary gets 0.0."""
+    import torch
+
+    if not response:
+        return []
+    vocab = int(model.config.vocab_size)
+    ids = torch.tensor(list(prompt) + list(response), dtype=torch.long)
+    in_vocab = (ids >= 0) & (ids < vocab)
+    with torch.no_grad():
+        # only the R + 1 last positions' logits: the full (P + R, V) matrix is ~0.3 GB for a 500-token prompt
+        out = model(input_ids=torch.where(in_vocab, ids, 0)[None], logits_to_keep=len(response) + 1)
+    logits = out.logits[0, :-1]  # (R, V): position P - 1 + j predicts response token j
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    targets = ids[len(prompt) :]  # (R,)
+    picked = logp.gather(-1, torch.where(in_vocab[len(prompt) :], targets, 0)[:, None]).squeeze(-1)
+    return torch.where(in_vocab[len(prompt) :], picked, 0.0).tolist()
+
+
+def local_token_output(
+    response: list[int], log_probs: list[float] | None, max_tokens: int, global_steps: int = 0
+) -> TokenOutput:
+    """``response`` as verl's ``LLMServerClient.generate`` returns it (``verl/workers/rollout/llm_server.py``):
+    ``stop_reason`` ``length`` when the budget is used up, else ``completed``; its ``extra_fields``."""
+    return TokenOutput(
+        token_ids=response,
+        log_probs=log_probs,
+        stop_reason="length" if len(response) >= max_tokens else "completed",
+        num_preempted=0,
+        extra_fields={
+            "global_steps": global_steps,
+            "min_global_steps": global_steps,
+            "max_global_steps": global_steps,
+            "num_cached_tokens": None,
+        },
+    )
+
+
 class LocalModelBackend:
-    """``local``: a transformers causal LM in this process, sampled by ``PolicyServer`` (``sampling`` mode).
+    """``local``: a transformers causal LM in this process (``sample_ids``, ``response_logprobs``).
 
     One generation at a time: the model is one in-process object and torch's seed is global, so each request
     seeds and samples without yielding to another episode (use a server for throughput).
@@ -305,17 +372,16 @@ class LocalModelBackend:
     async def complete(self, prompt_ids: list[int], sampling_params: Mapping[str, Any], seed: int) -> TokenOutput:
         import torch
 
-        from mempo_verl.testing.policy_server import PolicyServer
-
-        # a fresh server per request: PolicyServer seeds with seed + (its request count) = exactly `seed`
-        server = PolicyServer(self.model, self.tokenizer, mode="sampling", seed=seed)
+        params = dict(sampling_params)
         threads = torch.get_num_threads()
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
-            return await server.generate("eval", prompt_ids=prompt_ids, sampling_params=dict(sampling_params))
+            response = sample_ids(self.model, self.tokenizer, [int(i) for i in prompt_ids], params, seed)
+            log_probs = response_logprobs(self.model, prompt_ids, response) if params.get("logprobs") else None
         finally:
             torch.set_num_threads(threads)
+        return local_token_output(response, log_probs, int(params["max_tokens"]))
 
     async def aclose(self) -> None:
         return None

@@ -49,8 +49,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mempo_verl.testing.tiny_model import TinyModelConfig, tiny_model_dir
 from mempo_verl.tiny.cache import build_once, default_cache_dir
+from mempo_verl.tiny.qwen_model import TinyModelConfig, tiny_model_dir
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 def tiny_model_path(kind: str = "random") -> str:
     """The tiny offline Qwen2 folder (built on first use): `random` weights, or `format` (briefly fine-tuned to
     write the MemPO turn format, `mempo_verl.testing.warm_start`, where that module is installed)."""
-    from mempo_verl.testing.tiny_model import tiny_model_dir
+    from mempo_verl.tiny.qwen_model import tiny_model_dir
 
     if kind == "random":
         return str(tiny_model_dir())

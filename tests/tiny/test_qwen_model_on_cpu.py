@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mempo_verl.testing.tiny_model import TinyModelConfig, tiny_model_dir
+from mempo_verl.tiny.qwen_model import TinyModelConfig, tiny_model_dir
 
 
 def test_tokenizer_ids_match_qwen25(tokenizer):
