@@ -45,8 +45,10 @@ TEST_ROWS = 64
 EVAL_OBJECTIVES: tuple[int, ...] = (1, 2, 3, 4)
 """k of the held-out evaluation sets: the trained 1-2 and more than trained (3, 4)."""
 EVAL_ROWS = 32
-SFT_EPISODES = int(os.environ.get("MEMPO_TINY_SFT_EPISODES", 8000))
-"""Oracle episodes of the SFT set (k = 1 and k = 2 alike: 20 k rows, 625 steps of 32 in one epoch)."""
+SFT_EPISODES = int(os.environ.get("MEMPO_TINY_SFT_EPISODES", 16000))
+"""Oracle episodes of the SFT set (k = 1 and k = 2 alike: 40 k rows, 1,250 steps of 32 in one epoch). Why 16 k: at
+8 k (625 steps) the loss was still falling (0.14 at 375, 0.11 at 625) and held-out turns were right 65 % (lookups) /
+14 % (answers)."""
 DATA_FORMAT = 4
 """Bump when the data changes in a way the names above do not show."""
 
