@@ -28,6 +28,7 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,22 @@ logger = logging.getLogger(__name__)
 
 _ADVANTAGE_FIELDS = ["uid", "session_id", "extra_fields", "response_mask", "rm_scores", "rollout_log_probs",
                      "old_log_probs", "ref_log_prob", "values"]  # fmt: skip
+
+
+@dataclass
+class StepRows:
+    """A step's rows as the advantage step reads them (``MemPOTrainer._read_rows``)."""
+
+    proto: DataProto
+    """Padded tensors (``response_mask``, ``token_level_scores``, log-probs, ...) and ``uid``; `(B, T)` each."""
+    nested_response_mask: torch.Tensor
+    """The nested `(B, ragged)` response mask, to write fields back in TransferQueue's layout."""
+    sessions: list[tuple[Any, int]]
+    """`(B,)` (uid, session id) of each row."""
+    segments: list[Segment | None]
+    """`(B,)` each row's segment metadata (``extra_fields``); None for verl's padding rows."""
+    response_lengths: list[int]
+    """`(B,)` generated tokens of each row."""
 
 
 def _non_tensor(data: TensorDict, key: str) -> list[Any]:
@@ -314,9 +331,9 @@ class MemPOTrainer(PPOTrainerSync):
         return credit
 
     # ------------------------------------------------------------------------------------------------ advantage
-    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        """MemPO's advantage step (module docstring, steps 1–5)."""
-        # 1. read the rows; padding rows (verl's batch upsampling) carry a copied extra_fields: never credit them
+    def _read_rows(self, batch: KVBatchMeta) -> StepRows:
+        """Step 1: the step's rows from TransferQueue; padding rows (verl's batch upsampling) carry a copied
+        ``extra_fields``, so they get no segment and are never credited."""
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_ADVANTAGE_FIELDS)
         nested_response_mask = data["response_mask"]
         is_padding = [tag.get("is_padding", False) for tag in batch.tags]
@@ -330,39 +347,50 @@ class MemPOTrainer(PPOTrainerSync):
         proto = DataProto(batch=TensorDict(tensors, batch_size=len(batch)).to_padded_tensor())
         proto.non_tensor_batch["uid"] = np.array(uids, dtype=object)
         proto.batch["token_level_scores"] = proto.batch["rm_scores"]
+        return StepRows(proto, nested_response_mask, sessions, segments, nested_response_mask.offsets().diff().tolist())
 
-        # 2. verl's KL-in-reward and rollout correction, unchanged
+    def _verl_reward_terms(self, proto: DataProto, metrics: dict) -> tuple[DataProto, list[str]]:
+        """Step 2, the one place that mirrors verl: KL-in-reward and rollout correction exactly as verl 0.9.1's
+        ``trainer_base.py`` ``_compute_advantage`` (L1753-1772, its own functions). Returns the rows and the fields
+        beyond ``advantages`` / ``returns`` that its write-back (L1786-1791) sends too."""
+        fields = []
         if self.config.algorithm.use_kl_in_reward:
             proto, kl_metrics = apply_kl_penalty(
                 proto, kl_ctrl=self.kl_ctrl_in_reward, kl_penalty=self.config.algorithm.kl_penalty
             )
             metrics.update(kl_metrics)
+            fields.append("token_level_rewards")
         else:
             proto.batch["token_level_rewards"] = proto.batch["token_level_scores"]
         rollout_corr = self.config.algorithm.get("rollout_correction", None)
-        rollout_correction = (
+        if (
             rollout_corr is not None
             and "rollout_log_probs" in proto.batch
             and not rollout_corr.get("bypass_mode", False)
-        )
-        if rollout_correction:
+        ):
             proto, is_metrics = compute_rollout_correction_and_add_to_batch(proto, rollout_corr)
             metrics.update(is_metrics)
+            fields.append("response_mask")
+            if "rollout_is_weights" in proto.batch:
+                fields.append("rollout_is_weights")
+        return proto, fields
 
-        # 3. memory credit -> R^M per segment (Eq. 4–5)
-        credit = self._memory_credit(segments, sessions, batch.partition_id, metrics)
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """MemPO's advantage step (module docstring, steps 1–5)."""
+        rows = self._read_rows(batch)  # 1
+        segments = rows.segments
+        proto, extra_fields = self._verl_reward_terms(rows.proto, metrics)  # 2
+        credit = self._memory_credit(segments, rows.sessions, batch.partition_id, metrics)  # 3: R^M (Eq. 4–5)
 
-        # 4. A^T + α·A^M (Eq. 9)
+        # 4. every advantage quantity once (A^T, A^M, Eq. 9): the loss, the metrics and the dump read the same
         response_mask = proto.batch["response_mask"]
-        response_lengths = nested_response_mask.offsets().diff().tolist()
-        memory_mask = memory_token_mask(segments, response_lengths, response_mask.shape[1])
-        uids, turn_index = list(proto.non_tensor_batch["uid"]), [0 if s is None else s.segment_index for s in segments]
+        memory_mask = memory_token_mask(segments, rows.response_lengths, response_mask.shape[1])
         advantage = mempo_advantage(
             token_level_rewards=proto.batch["token_level_rewards"],
             response_mask=response_mask,
-            index=uids,
-            session_index=sessions,
-            turn_index=turn_index,
+            index=list(proto.non_tensor_batch["uid"]),
+            session_index=rows.sessions,
+            turn_index=[0 if s is None else s.segment_index for s in segments],
             memory_mask=memory_mask,
             memory_rewards=credit.memory_reward,
             has_memory=credit.has_memory,
@@ -374,26 +402,22 @@ class MemPOTrainer(PPOTrainerSync):
             memory_gate=self.mempo.credit.memory_gate,
             norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
         )
-        advantages = advantage.tokens
-        proto.batch["advantages"], proto.batch["returns"] = advantages, advantages
-        metrics.update(episode_metrics(segments, proto.batch["token_level_scores"].sum(dim=-1)))
+        proto.batch["advantages"] = proto.batch["returns"] = advantage.tokens  # returns = advantages, as GRPO
+        rewards = proto.batch["token_level_scores"].sum(dim=-1)
+        metrics.update(episode_metrics(segments, rewards))
         metrics.update(credit_metrics(credit, advantage, memory_mask, response_mask))
         if self.mempo.run.credit_dump_dir:
             dump_credit(
                 Path(self.mempo.run.credit_dump_dir) / f"credit_step{self.global_steps}.jsonl",
-                batch.keys, sessions, segments, credit, advantage.memory, advantages, response_lengths,
-                proto.batch["token_level_scores"].sum(dim=-1),
+                batch.keys, rows.sessions, segments, credit, advantage.memory, advantage.tokens,
+                rows.response_lengths, rewards,
             )  # fmt: skip
 
         # 5. write back, as verl's _compute_advantage does
-        fields = ["advantages", "returns"]
-        if self.config.algorithm.use_kl_in_reward:
-            fields.append("token_level_rewards")
-        if rollout_correction:
-            fields.append("response_mask")
-            if "rollout_is_weights" in proto.batch:
-                fields.append("rollout_is_weights")
-        output = {field: response_to_nested(proto.batch[field], nested_response_mask) for field in fields}
+        output = {
+            field: response_to_nested(proto.batch[field], rows.nested_response_mask)
+            for field in ["advantages", "returns", *extra_fields]
+        }
         return tq.kv_batch_put(
             keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict(output, batch_size=len(batch))
         )
