@@ -124,7 +124,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
                     label=f"alpha={run['alpha']:g} seed {run['seed']}",
                 )
         ax.set(title=title, xlabel="RL step")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # alpha = 0 logs no P[ans | mem]
+            ax.legend(fontsize=7)
     ks = list(data.EVAL_OBJECTIVES)
     width = 0.25
     for ax, metric, title in ((axes[2], "all_em", "held-out R^T (% all answers right)"), (axes[3], "pt", "PT")):
