@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from mempo_verl.protocol import DEFAULT_TAGS, TagSet, Turn, parse_turn
+from mempo_verl.values import as_python
 
 RewardMode = Literal["all_em", "em_mean", "f1_mean", "em_sum"]
 """How per-objective scores become one reward: ``all_em`` (paper, default), ``em_mean``, ``f1_mean``, ``em_sum``."""
@@ -52,13 +53,6 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 def _is_missing(value: Any) -> bool:
     """None or a float NaN (how a dataframe spells a missing value)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _as_python(value: Any) -> Any:
-    # parquet rows read back through pandas hold numpy arrays and scalars; .tolist() gives Python lists and scalars
-    if not isinstance(value, str) and hasattr(value, "tolist"):
-        return value.tolist()
-    return value
 
 
 def _is_punctuation(ch: str) -> bool:
@@ -310,7 +304,7 @@ def score_answer(
 
 
 def _alias(value: Any) -> str:
-    value = _as_python(value)
+    value = as_python(value)
     if _is_missing(value):
         raise ValueError(f"ground truth contains a missing value ({value!r}) where an answer string was expected")
     if isinstance(value, int) and not isinstance(value, bool):
@@ -335,7 +329,7 @@ def golds_from_ground_truth(ground_truth: Any) -> list[list[str]]:
     Raises ValueError or TypeError naming the problem for None/NaN, empty lists, empty answers, a list mixing
     strings and lists (ambiguous: aliases or objectives?), or a dict without ``"target"``.
     """
-    ground_truth = _as_python(ground_truth)
+    ground_truth = as_python(ground_truth)
     if _is_missing(ground_truth):
         raise ValueError(f"ground_truth is missing ({ground_truth!r}); every row needs a gold answer")
     if isinstance(ground_truth, Mapping):
@@ -346,7 +340,7 @@ def golds_from_ground_truth(ground_truth: Any) -> list[list[str]]:
         return [[_alias(ground_truth)]]
     if not isinstance(ground_truth, (list, tuple)):
         raise TypeError(f"unsupported ground_truth type {type(ground_truth).__name__}: {ground_truth!r}")
-    items = [_as_python(item) for item in ground_truth]
+    items = [as_python(item) for item in ground_truth]
     if not items:
         raise ValueError("ground_truth is an empty list; every row needs a gold answer")
     nested = [isinstance(item, (list, tuple)) for item in items]
@@ -390,12 +384,12 @@ class _RewardInput:
 
 def _input_from_extra_info(extra_info: Mapping[str, Any]) -> _RewardInput:
     """The agent loop's verdict (``final_answer``, ``format_valid``) from the last segment's ``extra_fields``."""
-    answer = _as_python(extra_info["final_answer"])
+    answer = as_python(extra_info["final_answer"])
     if _is_missing(answer):
         answer = None
     elif not isinstance(answer, str):
         raise TypeError(f"extra_info['final_answer'] must be a string or None, got {type(answer).__name__}")
-    valid = _as_python(extra_info.get("format_valid"))
+    valid = as_python(extra_info.get("format_valid"))
     # format_valid absent or missing: an answer was reached iff there is one (third-party loops may omit the key)
     format_valid = answer is not None if _is_missing(valid) else bool(valid)
     return _RewardInput(final_answer=answer, format_valid=format_valid)
@@ -410,7 +404,7 @@ def _input_from_solution(solution_str: Any, tags: TagSet) -> _RewardInput:
 def _reward_mode(extra_info: Mapping[str, Any], kwargs: Mapping[str, Any]) -> RewardMode:
     # the row's own mode (dataset or agent loop) wins over the run-wide reward_kwargs
     for source in (extra_info, kwargs):
-        mode = _as_python(source.get("reward_mode"))
+        mode = as_python(source.get("reward_mode"))
         if not _is_missing(mode):
             return validate_reward_mode(mode)
     return "all_em"
@@ -419,7 +413,7 @@ def _reward_mode(extra_info: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Re
 def _normalization(extra_info: Mapping[str, Any], kwargs: Mapping[str, Any]) -> AnswerNormalization:
     # the agent loop's (mempo.reward.normalization) wins over the run-wide reward_kwargs
     for source in (extra_info, kwargs):
-        normalization = _as_python(source.get("answer_normalization"))
+        normalization = as_python(source.get("answer_normalization"))
         if not _is_missing(normalization):
             return validate_normalization(normalization)
     return "squad"

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
+from mempo_verl.values import as_python
+
 EXTRA_FIELDS_KEY = "mempo"
 """The key of the segment dict inside verl's ``extra_fields``."""
 
@@ -185,7 +187,7 @@ class Segment:
 
     def to_extra_fields(self) -> dict[str, Any]:
         """``{"mempo": {...}}`` plus, on the last segment, the flat reward keys ``rewards.compute_score`` reads."""
-        fields: dict[str, Any] = {EXTRA_FIELDS_KEY: _jsonable(asdict(self))}
+        fields: dict[str, Any] = {EXTRA_FIELDS_KEY: as_python(asdict(self))}
         if self.is_last:
             fields.update(
                 final_answer=self.final_answer,
@@ -199,7 +201,7 @@ class Segment:
     def from_extra_fields(cls, extra_fields: Mapping[str, Any]) -> Segment:
         """Rebuild from a row's ``extra_fields`` (also accepts the inner ``mempo`` dict itself)."""
         data = extra_fields.get(EXTRA_FIELDS_KEY, extra_fields)
-        data = dict(_plain(data))
+        data = dict(as_python(data))
         data["turns"] = tuple(_turn_from_dict(t) for t in data["turns"])
         data["questions"] = tuple(data["questions"])
         data["tool_schemas"] = tuple(data.get("tool_schemas") or ())
@@ -217,26 +219,6 @@ def _turn_from_dict(data: Mapping[str, Any]) -> TurnRecord:
     data["format_errors"] = tuple(data.get("format_errors") or ())
     data["observation_metrics"] = dict(data.get("observation_metrics") or {})
     return TurnRecord(**data)
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples -> lists, recursively, so that the dict equals its JSON round trip."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """numpy arrays / scalars (parquet, TransferQueue) -> Python values, recursively."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if not isinstance(value, str) and hasattr(value, "tolist"):
-        return _plain(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from mempo_verl.memory_credit import (
 from mempo_verl.metrics import credit_metrics, episode_metrics, rollout_scoring_metrics
 from mempo_verl.rollout_credit import memory_credit_from_segments, segment_turns
 from mempo_verl.segments import Segment
+from mempo_verl.values import as_python
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,6 @@ class StepRows:
     """`(B,)` each row's segment metadata (``extra_fields``); None for verl's padding rows."""
     response_lengths: list[int]
     """`(B,)` generated tokens of each row."""
-
-
-def _non_tensor(data: TensorDict, key: str) -> list[Any]:
-    value = data[key]
-    return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 def memory_token_mask(segments: list[Segment | None], response_lengths: list[int], width: int) -> torch.Tensor:
@@ -337,11 +333,11 @@ class MemPOTrainer(PPOTrainerSync):
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_ADVANTAGE_FIELDS)
         nested_response_mask = data["response_mask"]
         is_padding = [tag.get("is_padding", False) for tag in batch.tags]
-        uids = _non_tensor(data, "uid")
-        sessions = [(uid, int(session)) for uid, session in zip(uids, _non_tensor(data, "session_id"), strict=True)]
+        uids = as_python(data["uid"])
+        sessions = [(uid, int(session)) for uid, session in zip(uids, as_python(data["session_id"]), strict=True)]
         segments = [
             None if padding else Segment.from_extra_fields(extra)
-            for padding, extra in zip(is_padding, _non_tensor(data, "extra_fields"), strict=True)
+            for padding, extra in zip(is_padding, as_python(data["extra_fields"]), strict=True)
         ]
         tensors = {k: data[k] for k in data.keys() if k not in ("uid", "session_id", "extra_fields")}
         proto = DataProto(batch=TensorDict(tensors, batch_size=len(batch)).to_padded_tensor())

@@ -20,6 +20,7 @@ from typing import Any
 
 from mempo_verl.protocol import DEFAULT_TAGS, TagSet, ToolCall, render_block, render_tool_call, render_turn
 from mempo_verl.rewards import AnswerScore
+from mempo_verl.values import as_python
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,6 @@ class Environment(ABC):
         """The gold answer as the model should write it inside `<answer>` (memory credit teacher-forces it)."""
 
 
-def _plain(value: Any) -> Any:
-    """numpy arrays and scalars (rows read back from parquet) -> Python lists and scalars; anything else as is."""
-    if not isinstance(value, str) and hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
 def sample_extra_info(sample: Mapping[str, Any]) -> dict[str, Any]:
     """The row's `extra_info` as a plain dict (numpy values from parquet converted); {} when the row has none."""
     extra_info = sample.get("extra_info")
@@ -83,7 +77,7 @@ def sample_extra_info(sample: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     if not isinstance(extra_info, Mapping):
         raise TypeError(f"sample['extra_info'] must be a mapping, got {type(extra_info).__name__}")
-    return {key: _plain(value) for key, value in extra_info.items()}
+    return {key: as_python(value) for key, value in extra_info.items()}
 
 
 def sample_questions(sample: Mapping[str, Any]) -> list[str]:

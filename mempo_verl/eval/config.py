@@ -209,23 +209,22 @@ class EvalConfig:
         objective score and the progress bar.
         """
         backend = self.backend
-        return _plain(
-            {
-                "backend": {"kind": backend.kind, "model": backend.model, "tokenizer": backend.tokenizer_path},
-                "data": self.data,
-                "seed": self.seed,
-                "sampling": asdict(self.sampling),
-                "budget": asdict(self.budget),
-                "env": {"name": self.env.name, "kwargs": dict(self.env.kwargs), "timeout": self.env.tool_timeout_s},
-                "overrides": list(self.overrides),
-            }
+        # the JSON round trip: what run.json holds and a resumed run compares with
+        return json.loads(
+            json.dumps(
+                {
+                    "backend": {"kind": backend.kind, "model": backend.model, "tokenizer": backend.tokenizer_path},
+                    "data": self.data,
+                    "seed": self.seed,
+                    "sampling": asdict(self.sampling),
+                    "budget": asdict(self.budget),
+                    "env": {"name": self.env.name, "kwargs": dict(self.env.kwargs), "timeout": self.env.tool_timeout_s},
+                    "overrides": list(self.overrides),
+                },
+                default=lambda v: dict(v) if isinstance(v, Mapping) else str(v),
+            )
         )
 
     def fingerprint_hash(self) -> str:
         """Short hash of ``fingerprint`` (logs and ``run.json``)."""
         return hashlib.sha256(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists, mappings -> dicts, recursively: the JSON round trip of the value."""
-    return json.loads(json.dumps(value, default=lambda v: dict(v) if isinstance(v, Mapping) else str(v)))

@@ -28,6 +28,7 @@ from mempo_verl.eval.backends import BackendErrorKind
 from mempo_verl.eval.metrics import ExampleMetrics
 from mempo_verl.protocol import DEFAULT_TAGS, TagSet, parse_turn
 from mempo_verl.segments import Segment, decode_ids
+from mempo_verl.values import as_python
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class EvalRecord:
     """Wall-clock time of the episode (not part of any summary: it depends on the machine and its load)."""
 
     def to_json(self) -> str:
-        return json.dumps(_plain(asdict(self)), ensure_ascii=False)
+        return json.dumps(as_python(asdict(self)), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, line: str) -> EvalRecord:
@@ -94,17 +95,6 @@ class EvalRecord:
         data["turns"] = tuple(data.get("turns") or ())
         data["tools"] = tuple(data.get("tools") or ())
         return cls(**data)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-able copy: tuples -> lists, numpy values -> Python values, mappings -> dicts (recursively)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if not isinstance(value, (str, bytes)) and hasattr(value, "tolist"):
-        return _plain(value.tolist())
-    return value
 
 
 def turn_traces(
