@@ -25,10 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mempo_verl.config import ContextConfig, ContextPolicyName
-from mempo_verl.protocol import DEFAULT_TAGS, TagSet, ToolCall, render_block, render_information, render_tool_call
-
-Message = dict[str, str]
-"""A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+from mempo_verl.protocol import (
+    DEFAULT_TAGS,
+    Message,
+    TagSet,
+    ToolCall,
+    render_block,
+    render_information,
+    render_tool_call,
+)
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,9 @@ from typing import Any
 import torch
 
 from mempo_verl.config import BaselineMode
-from mempo_verl.protocol import DEFAULT_TAGS, TagSet, render_answer, render_information
+from mempo_verl.protocol import DEFAULT_TAGS, Message, TagSet, render_answer, render_information
 
 logger = logging.getLogger(__name__)
-
-Message = dict[str, str]
-"""A chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

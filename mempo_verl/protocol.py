@@ -27,6 +27,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+Message = dict[str, str]
+"""A chat message as the chat template takes it: ``{"role": "system" | "user" | "assistant", "content": str}``
+(the context policies build them for each turn, the memory credit for each scoring context)."""
+
 BlockRole = Literal["mem", "think", "tool_call", "answer", "information"]
 """The role of a block; also the key of ``Turn.spans`` and ``Turn.inner_spans``."""
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from mempo_verl.config import MemPOConfig
-from mempo_verl.context import ContextPolicy, ContextTurn, EpisodeContext, Message
-from mempo_verl.protocol import ToolCall, parse_turn
+from mempo_verl.context import ContextPolicy, ContextTurn, EpisodeContext
+from mempo_verl.protocol import Message, ToolCall, parse_turn
 from mempo_verl.segments import Segment
 
 logger = logging.getLogger(__name__)
