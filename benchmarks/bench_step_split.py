@@ -1,6 +1,7 @@
 """Step split: one warm training step's phases for MemPO, MemPO with alpha = 0 and other runs, with their ratios.
 
     python -m benchmarks.bench_step_split alpha0=runs/tiny_world/seed0_alpha0 mempo=runs/tiny_world/seed0_alpha1
+    python -m benchmarks.bench_step_split --last-step 5 grpo=runs/grpo alpha0=... mempo=...   # steps 2-5 of each
 
 Reads the runs' own ``metrics.jsonl`` (verl's ``timing_s/*``, one line a step; ``python -m mempo_verl.tiny.experiment``
 writes one per run). The first run named is the baseline; every figure is the mean over the warm steps (2..N: step 1
@@ -29,10 +30,12 @@ PHASES = {
 }
 
 
-def warm_means(run_dir: Path) -> dict[str, float]:
-    """Mean of each phase over the run's steps 2..N (a phase a step did not log counts 0 s for it)."""
+def warm_means(run_dir: Path, last_step: int | None = None) -> dict[str, float]:
+    """Mean of each phase over the run's steps 2..N, N = ``last_step`` or its last (a phase a step did not log
+    counts 0 s for it)."""
     metrics = read_metrics(run_dir / "metrics.jsonl")
-    steps = [m for step, m in sorted(metrics.items()) if step >= 2 and "timing_s/step" in m]
+    last = last_step if last_step is not None else max(metrics, default=0)
+    steps = [m for step, m in sorted(metrics.items()) if 2 <= step <= last and "timing_s/step" in m]
     if not steps:
         raise SystemExit(f"{run_dir}: no warm step (2..N) with timing_s/step in metrics.jsonl")
     return {name: sum(m.get(key, 0.0) for m in steps) / len(steps) for name, key in PHASES.items()} | {
@@ -43,13 +46,14 @@ def warm_means(run_dir: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR, the baseline first")
+    parser.add_argument("--last-step", type=int, help="average steps 2..N of every run (default: all its steps)")
     args = parser.parse_args(argv)
     runs = {}
     for spec in args.runs:
         name, sep, folder = spec.partition("=")
         if not sep:
             raise SystemExit(f"{spec!r}: expected NAME=RUN_DIR")
-        runs[name] = warm_means(Path(folder))
+        runs[name] = warm_means(Path(folder), args.last_step)
     base_name, base = next(iter(runs.items()))
     rows = []
     for phase in PHASES:

@@ -48,3 +48,16 @@ def test_naive_bm25_ranks_like_bm25s():
         # the same tokens and the Lucene formula: the same top 3 (ties aside, none in this corpus)
         expected = [int(hit.document["id"]) for hit in index.search([query], 3)[0]]
         assert naive.search(query, 3) == expected
+
+
+def test_warm_means_average_steps_two_to_n(tmp_path):
+    import json
+
+    from benchmarks.bench_step_split import warm_means
+
+    lines = [{"step": s, "data": {"timing_s/step": 10.0 * s, "timing_s/gen": 1.0}} for s in (1, 2, 3, 4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    every = warm_means(tmp_path)
+    assert every["step"] == pytest.approx(30.0) and every["warm steps"] == 3  # (20 + 30 + 40) / 3, step 1 left out
+    assert every["memory credit"] == 0.0  # not logged: 0 s
+    assert warm_means(tmp_path, last_step=3)["step"] == pytest.approx(25.0)  # (20 + 30) / 2
