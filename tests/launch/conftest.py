@@ -6,8 +6,7 @@ One tiny training run serves both (fixture `tiny_job`): the sbatch script itself
 SLURM is installed (CI: .ci/run installs it) the SLURM job is also the Ray-cluster job. Without SLURM (or with
 MEMPO_LAUNCH_ROUTE=ray) the test starts the Ray head and submits the job itself. Either way the run is
 `python -m mempo_verl.main --config-name tiny_cpu` for 2 steps on the tiny world's random-weight model (the launch
-route is under test, not learning: the SFT checkpoint would cost a 16 min SFT on a fresh machine), no validation, a
-checkpoint at step 2.
+route is under test, not learning), no validation, a checkpoint at step 2.
 
 Every daemon is started here in the foreground as our own child and stopped by its PID (`ray stop` is not used: it
 stops every Ray on the machine, not only ours).
