@@ -89,7 +89,8 @@ def summary_text(steps: dict[int, dict[str, Any]], checkpoint_dir: str | Path) -
     train_steps = sorted(s for s, m in steps.items() if "mempo/reward_T/mean" in m or "actor/pg_loss" in m)
     if not train_steps:
         return f"== MemPO run: no training step logged (checkpoints: {checkpoint_dir}) =="
-    lines = [f"== MemPO run: {len(train_steps)} steps ({train_steps[0]} -> {train_steps[-1]}) =="]
+    count = f"{len(train_steps)} step{'' if len(train_steps) == 1 else 's'}"
+    lines = [f"== MemPO run: {count} ({train_steps[0]} -> {train_steps[-1]}) =="]
     for label, key in TRAIN_KEYS:
         series = _series(steps, key)
         if series:

@@ -34,6 +34,12 @@ def test_summary_reads_first_and_last_values(tmp_path):
     assert text[-1] == f"checkpoint                  {tmp_path / 'global_step_10'}"
 
 
+def test_summary_of_a_resumed_one_step_run(tmp_path):
+    text = summary_text({3: {"mempo/reward_T/mean": 0.375}}, tmp_path).splitlines()
+    assert text[0] == "== MemPO run: 1 step (3 -> 3) =="
+    assert "R^T (train sessions)        0.375 -> 0.375" in text
+
+
 def test_summary_of_a_run_that_logged_nothing(tmp_path):
     assert read_metrics(tmp_path / "missing.jsonl") == {}
     assert summary_text({}, tmp_path) == f"== MemPO run: no training step logged (checkpoints: {tmp_path}) =="
