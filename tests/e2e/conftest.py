@@ -6,20 +6,22 @@ model and the shipped sample QA set: 2 steps with a checkpoint each, then a seco
 `trainer.resume_mode=auto` for step 3. Both processes run under `run_with_watchdog`: a failure names the first
 real worker error, a hang ends at the limit.
 
-`mempo_tiny` is the MemPO run: the user CLI (`python -m mempo_verl.main --config-name tiny_search_cpu`) on the
-format-tuned tiny model, 2 steps + a resumed 3rd, with the per-row credit dump the tests recompute.
-
 `tiny_world` is the embedded default's two stages, short: verl's SFT trainer on the oracle's rows
-(`python -m mempo_verl.sft --config-name sft_tiny`), then MemPO RL from that checkpoint through the user CLI
-(`python -m mempo_verl.main`, recipe `tiny_cpu`) with held-out validation before and after."""
+(`python -m mempo_verl.sft --config-name sft_tiny`), then MemPO RL from the shipped SFT checkpoint through the user
+CLI (`python -m mempo_verl.main`, recipe `tiny_cpu`): 2 steps with held-out validation before and after and a
+checkpoint each, killed in the middle of step 3, then rerun (`trainer.resume_mode=auto`) to finish step 3, all with
+the per-row credit dump the MemPO tests recompute."""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mempo_verl.platform.watchdog import RunResult, run_with_watchdog
@@ -29,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 SMOKE_REWARD = Path(__file__).with_name("smoke_reward.py")
 RUN_TIMEOUT_S = 420  # one trainer process (≈ 150 s); the whole 2 + 1 step smoke takes ≈ 5 min on 2 cores
-MEMPO_TIMEOUT_S = 600  # one MemPO process (≈ 270 s for 2 steps): multi-turn rollouts and memory credit
+MEMPO_TIMEOUT_S = 600  # one MemPO process (≈ 2-3 min for 2 steps): multi-turn rollouts and memory credit
 
 
 @dataclass
@@ -74,6 +76,7 @@ def run_trainer(
     overrides: list[str],
     timeout_s: float,
     env: dict[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> TrainerRun:
     """`python -m <entry>` with a checkpoint and Hydra folder in `work_dir`, under the watchdog; metrics read back."""
     metrics_path = work_dir / f"{name}.metrics.jsonl"
@@ -87,7 +90,7 @@ def run_trainer(
         *overrides,
     ]
     env = {**trainer_env(metrics_path), **(env or {})}
-    result = run_with_watchdog(cmd, timeout_s, work_dir / f"{name}.log", env=env, cwd=work_dir)
+    result = run_with_watchdog(cmd, timeout_s, work_dir / f"{name}.log", env=env, cwd=work_dir, on_line=on_line)
     return TrainerRun(result=result, metrics=read_metrics(metrics_path), checkpoint_dir=checkpoint_dir)
 
 
@@ -139,69 +142,39 @@ def grpo_smoke(tmp_path_factory, tiny_model_path) -> SmokeRuns:
     return SmokeRuns(first=first, resumed=resumed)
 
 
-def write_guess_parquet(out_dir: Path) -> tuple[Path, Path]:
-    """train/test parquet (`mempo_agent`) of the shipped rows whose gold is the warm start's guess, in shipped order.
+class CrashAfterStep:
+    """`on_line` of a trainer run: SIGKILL its whole process tree (driver, Ray, vLLM) `delay_s` after the console
+    metrics line of step `step`, i.e. in the middle of step `step + 1`: a crash, with no chance to clean up."""
 
-    Why these rows: the format-tuned model answers its guess on some sessions and made-up text on the others
-    (mempo_verl/testing/warm_start.py, item 2), so the sessions of a prompt get rewards 1 and 0 and A^T is not 0.
-    """
-    from mempo_verl.data.builder import BuildConfig, build_rows, load_pools, write_splits
-    from mempo_verl.testing.warm_start import WarmStartConfig
+    def __init__(self, step: int, marker: str, delay_s: float = 4.0):
+        self.prefix = f"step:{step} - "
+        self.marker = marker  # a text only this run's command line holds (its Hydra folder)
+        self.delay_s = delay_s
+        self.fired = threading.Event()
 
-    rows = build_rows(load_pools("sample"), BuildConfig(objectives=1))
-    guessed = [
-        row for row in rows["train"] if row["reward_model"]["ground_truth"]["target"] == [[WarmStartConfig.guess]]
-    ]
-    written = write_splits({"train": guessed, "test": rows["test"][:4]}, out_dir)
-    return written["train"], written["test"]
+    def __call__(self, line: str) -> None:
+        if self.prefix in line and not self.fired.is_set():
+            self.fired.set()
+            threading.Timer(self.delay_s, self._kill).start()
 
-
-def launch_mempo(
-    work_dir: Path, name: str, overrides: list[str], model_cache: Path, timeout_s: float = MEMPO_TIMEOUT_S
-) -> TrainerRun:
-    """The user CLI, `python -m mempo_verl.main --config-name tiny_search_cpu`, under the watchdog.
-
-    `MEMPO_CACHE_DIR=model_cache`: the recipe's `${mempo_tiny_model:format}` finds the session's format-tuned model.
-    """
-    mempo_overrides = [
-        f"mempo.run.credit_dump_dir={work_dir / 'credit'}",
-        "mempo.run.timeout_s=0",  # the test's own watchdog bounds the run
-        *overrides,
-    ]
-    entry = ["mempo_verl.main", "--config-name=tiny_search_cpu"]
-    return run_trainer(work_dir, name, entry, mempo_overrides, timeout_s, env={"MEMPO_CACHE_DIR": str(model_cache)})
-
-
-@dataclass
-class MemPORuns(SmokeRuns):
-    train_file: Path  # the prompts in training order (no shuffling)
-
-
-@pytest.fixture(scope="session")
-def mempo_tiny(tmp_path_factory, model_cache, format_tuned_path) -> MemPORuns:
-    """MemPO through the user CLI on the format-tuned tiny model: 2 steps + checkpoints, then a resumed 3rd step."""
-    work = tmp_path_factory.mktemp("mempo_tiny")
-    train, val = write_guess_parquet(work / "data")
-    common = [
-        "trainer.save_freq=1",
-        f"data.train_files={train}",
-        f"data.val_files={val}",
-        "actor_rollout_ref.rollout.n=4",
-    ]
-    first = launch_mempo(work, "steps1-2", [*common, "trainer.total_training_steps=2"], model_cache)
-    first.result.raise_for_failure()
-    resumed = launch_mempo(
-        work, "step3", [*common, "trainer.total_training_steps=3", "trainer.resume_mode=auto"], model_cache
-    )
-    resumed.result.raise_for_failure()
-    return MemPORuns(first=first, resumed=resumed, train_file=train)
+    def _kill(self) -> None:
+        for child in psutil.Process().children():
+            if self.marker in " ".join(child.cmdline()):
+                for process in [child, *child.children(recursive=True)]:
+                    try:
+                        process.kill()
+                    except psutil.NoSuchProcess:
+                        pass
 
 
 @dataclass
 class TinyWorldRuns:
     sft: TrainerRun  # verl's SFT trainer on the oracle's rows, from random weights
     sft_model: Path  # its final Hugging Face folder
-    rl: TrainerRun  # MemPO from the shipped SFT checkpoint: validation, steps, validation
+    rl: TrainerRun  # MemPO from the shipped SFT checkpoint: validation, steps 1-2 (a checkpoint each), validation,
+    # then killed (SIGKILL, the whole tree) in the middle of step 3
+    resumed: TrainerRun  # the command again (trainer.resume_mode=auto, scorer actor): step 3 from global_step_2
+    train_file: Path  # the RL prompts in training order (no shuffling)
     sft_steps: int
     rl_steps: int
 
@@ -214,7 +187,12 @@ TINY_RL_STEPS = 2
 def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
     """The tiny world's two stages, short: TINY_SFT_STEPS SFT steps of 32 oracle rows from random weights; then
     TINY_RL_STEPS MemPO steps of the embedded default from the shipped SFT checkpoint (the recipe's full SFT run, so
-    its sessions are right often enough for the advantages to be non-zero)."""
+    its sessions are right often enough for the advantages to be non-zero), a crash in the middle of the next step
+    (`CrashAfterStep`) and the rerun that resumes it.
+
+    Steps 1-2 score memory credit with the recipe's default `scorer: rollout` (vLLM prompt log-probs at session
+    end), the resumed step 3 with `scorer: actor` (the FSDP actor inside the step): the credit dump of each step is
+    checked against the same formulas, so both scoring paths are tested end to end."""
     from mempo_verl.data.sft import synthetic_oracle_rows, write_sft
     from mempo_verl.tiny import data, tiny_world_model_dir
 
@@ -242,23 +220,42 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
     sft_model = sft.checkpoint_dir / f"global_step_{TINY_SFT_STEPS}" / "huggingface"
     provenance = data.shipped_sft_provenance()
     assert provenance and provenance["key"] == data.sft_run_key(), "the shipped SFT checkpoint is stale (ship-sft)"
-    rl_overrides = [
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MEMPO_CACHE_DIR", str(model_cache))
+        train_file = Path(data.tiny_world_data("train"))
+    common = [
         f"actor_rollout_ref.model.path={data.SHIPPED_SFT_DIR}",
-        f"trainer.total_training_steps={TINY_RL_STEPS}",
+        f"trainer.total_training_steps={TINY_RL_STEPS + 1}",
+        "trainer.resume_mode=auto",
+        f"data.train_files={train_file}",
+        "data.shuffle=false",
         f"trainer.test_freq={TINY_RL_STEPS}",
-        f"trainer.save_freq={TINY_RL_STEPS}",
+        "trainer.save_freq=1",
         "data.train_batch_size=4",
         "actor_rollout_ref.actor.ppo_mini_batch_size=4",
         "data.val_max_samples=8",
+        f"mempo.run.credit_dump_dir={work / 'rl' / 'credit'}",
         "mempo.run.timeout_s=0",  # the test's own watchdog bounds the run
     ]
-    rl = run_trainer(
-        work / "rl",
-        "rl",
-        ["mempo_verl.main", "--config-name=tiny_cpu"],
-        rl_overrides,
-        MEMPO_TIMEOUT_S,
-        env={"MEMPO_CACHE_DIR": str(model_cache)},
+
+    def launch_rl(name: str, overrides: list[str], on_line: CrashAfterStep | None = None) -> TrainerRun:
+        entry = ["mempo_verl.main", "--config-name=tiny_cpu"]
+        env = {"MEMPO_CACHE_DIR": str(model_cache)}
+        return run_trainer(work / "rl", name, entry, [*common, *overrides], MEMPO_TIMEOUT_S, env, on_line)
+
+    crash = CrashAfterStep(TINY_RL_STEPS, marker=f"hydra.run.dir={work / 'rl' / 'hydra-rl'}")
+    rl = launch_rl("rl", [], on_line=crash)
+    if rl.result.returncode != -9:  # anything but the crash is a failure of the run itself
+        rl.result.raise_for_failure()
+        raise RuntimeError(f"the run was not killed in step {TINY_RL_STEPS + 1}: {rl.result.describe()}")
+    resumed = launch_rl("resumed", ["trainer.val_before_train=false", "mempo.credit.scorer=actor"])
+    resumed.result.raise_for_failure()
+    return TinyWorldRuns(
+        sft=sft,
+        sft_model=sft_model,
+        rl=rl,
+        resumed=resumed,
+        train_file=train_file,
+        sft_steps=TINY_SFT_STEPS,
+        rl_steps=TINY_RL_STEPS,
     )
-    rl.result.raise_for_failure()
-    return TinyWorldRuns(sft=sft, sft_model=sft_model, rl=rl, sft_steps=TINY_SFT_STEPS, rl_steps=TINY_RL_STEPS)

