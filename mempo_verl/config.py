@@ -73,12 +73,12 @@ at the level of the scoring noise give |A^M| ≲ spread / σ_min ≈ 0. The nois
 independently rounded probabilities, r · sqrt(P_mem² + ε²) for a relative error r, hence a floor relative to that
 scale: it holds for a tiny model whose P are 1e-3 as for a 7B whose P are 0.5.
 
-Measured (2026-12, this repository, CPU): the format-tuned tiny Qwen2 (``testing.warm_start``, 2 layers) scored 160
-memory-credit sequences (16 shipped QA rows × 2 answers × the question and 4 memories, ≈ 357 tokens, search tool
-schema in the system turn) in fp32 and in bf16 weights (log-softmax in fp32 over the logits, as verl's actor).
-|P_bf16 − P_fp32| / P: median 1.1 %, 90th percentile 2.5 %, max 4.7 %. Per group of 4 R^M (t = 1, shared ε),
-std(R^M_bf16 − R^M_fp32) / mean sqrt(P_mem² + ε²): median 1.0 %, 90th percentile 1.4 %, max 1.65 %; the real
-spread of those groups, std(R^M) / the same scale, was 3.6 % / 6.3 % / 14 % (10th / 50th / 90th percentile).
+Measured (2026-12, this repository, CPU): a format-tuned 2-layer tiny Qwen2 (Qwen2.5 vocabulary; the since retired
+warm start) scored 160 memory-credit sequences (16 shipped QA rows × 2 answers × the question and 4 memories, ≈ 357
+tokens, search tool schema in the system turn) in fp32 and in bf16 weights (log-softmax in fp32 over the logits, as
+verl's actor). |P_bf16 − P_fp32| / P: median 1.1 %, 90th percentile 2.5 %, max 4.7 %. Per group of 4 R^M (t = 1,
+shared ε), std(R^M_bf16 − R^M_fp32) / mean sqrt(P_mem² + ε²): median 1.0 %, 90th percentile 1.4 %, max 1.65 %; the
+real spread of those groups, std(R^M) / the same scale, was 3.6 % / 6.3 % / 14 % (10th / 50th / 90th percentile).
 ρ = 2 % sits just above the largest bf16 noise seen and below the real spreads. Not measured: deeper models (more
 layers accumulate more rounding), and vLLM scoring (``scorer: rollout``), whose kernels differ from the actor's.
 """

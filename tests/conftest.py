@@ -1,7 +1,5 @@
 """Shared fixtures: the tiny offline Qwen2 models and tokenizer, built once per test session."""
 
-import time
-
 import pytest
 
 
@@ -17,17 +15,6 @@ def tiny_model_path(model_cache):
     from mempo_verl.tiny.qwen_model import tiny_model_dir
 
     return tiny_model_dir(model_cache)
-
-
-@pytest.fixture(scope="session")
-def format_tuned_path(model_cache, tiny_model_path):
-    """The tiny model warm-started on the MemPO turn format (`mempo_verl.testing.warm_start`; ≈ 1-2 min once)."""
-    from mempo_verl.testing.warm_start import format_tuned_model_dir
-
-    start = time.perf_counter()
-    path = format_tuned_model_dir(model_cache)
-    print(f"\nformat-tuned tiny model ready in {time.perf_counter() - start:.1f} s: {path.name}")
-    return path
 
 
 @pytest.fixture(scope="session")

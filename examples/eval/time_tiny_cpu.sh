@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# Time mempo-eval on CPU: the tiny offline model, the shipped QA set, k = 1, 2, 4, 8 objectives under the three
-# context policies (memory = MemPO, full = ReAct / Search-R1 history, mem1 = MEM1), 4 examples per setting.
-# Prints the summary, the wall time of the whole run and the mean seconds per episode per method and k.
+# Time mempo-eval on CPU: the tiny world's shipped SFT checkpoint on held-out `synthetic` worlds (k = 1, 2, 4
+# objectives) under the three context policies (memory = MemPO, full = ReAct / Search-R1 history, mem1 = MEM1),
+# 8 worlds per k. Prints the summary, the wall time of the whole run and the mean seconds per episode per method and k.
 #
-#   bash examples/eval/time_tiny_cpu.sh [format|random] [out_dir]
+#   bash examples/eval/time_tiny_cpu.sh [model] [out_dir]      # model: default tiny:sft, any folder or tiny:random
 #
-# `format` (default): the tiny model fine-tuned to write the MemPO turn format (multi-turn episodes);
-# `random`: random weights (every episode ends on a malformed first turn). One episode at a time and one torch
-# thread, so the per-episode seconds are the episode's own. Sampled at temperature 1 (seeded per example and turn):
-# greedy decoding locks the tiny model into a loop of <think> blocks.
+# Greedy, one episode at a time and one torch thread, so the per-episode seconds are the episode's own. The SFT
+# checkpoint learned the `memory` context only (mempo_verl/tiny/data.py): `full` and `mem1` show what the same model
+# does with contexts it never saw.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-KIND="${1:-format}"
-OUT="${2:-outputs/eval_tiny_${KIND}}"
+MODEL="${1:-tiny:sft}"
+OUT="${2:-outputs/eval_tiny}"
 PY="${PYTHON:-.venv/bin/python}"
+DATA=$("$PY" -c "from mempo_verl.tiny.data import tiny_world_eval_sets; print(tiny_world_eval_sets())")
 rm -rf "$OUT"
 start=$(date +%s.%N)
-"$PY" -m mempo_verl.eval.cli --model "tiny:${KIND}" --objectives 1,2,4,8 --max-examples 4 \
-    --max-turns 4 --turn-tokens 96 --prompt-length 2048 --full-response-length 1024 --temperature 1.0 \
-    --set mempo.context.memory_token_budget=64 --concurrency 1 --threads 1 --out "$OUT" --no-progress
+"$PY" -m mempo_verl.eval.cli --model "$MODEL" --data "$DATA" --objectives 1,2,4 --max-examples 8 \
+    --env synthetic --env-kwargs '{"prompt": "tiny"}' --set mempo.context.turns_left_hint=false \
+    --max-turns 6 --turn-tokens 96 --prompt-length 512 --full-response-length 1024 --temperature 0 \
+    --concurrency 1 --threads 1 --out "$OUT" --no-progress
 end=$(date +%s.%N)
 "$PY" -c "print(f'wall time of the whole run: {$end - $start:.1f} s')"
 "$PY" - "$OUT" <<'PY'

@@ -2,8 +2,9 @@
 
 Usage:
 
-    # the tiny offline model on CPU, shipped QA set, three methods side by side (examples/eval/README.md)
-    mempo-eval --model tiny:format --objectives 1,2,4,8 --max-examples 4 --max-turns 4 --turn-tokens 96 \\
+    # the shipped QA set, three methods side by side, the offline tiny model (examples/eval/README.md runs the
+    # tiny world's SFT model, tiny:sft, on its own held-out worlds)
+    mempo-eval --model tiny:random --objectives 1,2,4,8 --max-examples 4 --max-turns 4 --turn-tokens 96 \\
         --out outputs/tiny
     # any OpenAI-compatible server (vllm serve / SGLang) on the paper's test sets
     mempo-eval --url http://127.0.0.1:8000 --model Qwen/Qwen2.5-7B-Instruct --data data/eval \\
@@ -38,7 +39,7 @@ from mempo_verl.eval.config import (
 logger = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
-"""``--model tiny:random`` / ``tiny:format``: the offline tiny model (``mempo_verl.tiny.models.tiny_model_path``)."""
+"""``--model tiny:random`` / ``tiny:sft``: the offline tiny model (``mempo_verl.tiny.models.tiny_model_path``)."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     modes.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two output folders")
     modes.add_argument("--report", metavar="RUN", help="rewrite summary.md/.csv and plots from RUN's traces")
     model = parser.add_argument_group("model and backend")
-    model.add_argument("--model", help="model folder or name; tiny:random / tiny:format for the offline tiny model")
+    model.add_argument("--model", help="model folder or name; tiny:random / tiny:sft for the offline tiny model")
     model.add_argument("--backend", choices=BACKEND_KINDS, help="default: openai with --url, else local")
     model.add_argument("--url", help="OpenAI-compatible server base URL (backend openai)")
     model.add_argument("--tokenizer", help="tokenizer folder or name (default: --model)")
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_model(name: str) -> str:
-    """``tiny:random`` / ``tiny:format`` -> the offline tiny model's folder (built on first use); else ``name``."""
+    """``tiny:random`` / ``tiny:sft`` -> the offline tiny model's folder (built on first use); else ``name``."""
     if not name.startswith(TINY_PREFIX):
         return name
     from mempo_verl.tiny.models import tiny_model_path

@@ -1,8 +1,7 @@
 """Shipped fixtures: the tiny world (the embedded default) and the random-weight tiny Qwen2 (`qwen_model`), their
 builders and cache folder.
 
-User-facing code (``main``, the CLIs) may import this room; ``mempo_verl.testing`` holds test helpers (the one
-import of it left in user-facing code: ``models.tiny_model_path("format")``, the warm start).
+User-facing code (``main``, the CLIs) may import this room; ``mempo_verl.testing`` holds test helpers only.
 """
 
 from mempo_verl.tiny.cache import build_once, default_cache_dir

