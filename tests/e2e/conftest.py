@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 from mempo_verl.platform.watchdog import RunResult, run_with_watchdog
 from mempo_verl.run_summary import read_metrics
+from mempo_verl.testing.faults import KillOnLine
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -142,29 +141,20 @@ def grpo_smoke(tmp_path_factory, tiny_model_path) -> SmokeRuns:
     return SmokeRuns(first=first, resumed=resumed)
 
 
-class CrashAfterStep:
-    """`on_line` of a trainer run: SIGKILL its whole process tree (driver, Ray, vLLM) `delay_s` after the console
-    metrics line of step `step`, i.e. in the middle of step `step + 1`: a crash, with no chance to clean up."""
+def launch_tiny_cpu(
+    work_dir: Path, name: str, overrides: list[str], model_cache: Path, on_line: Callable[[str], None] | None = None
+) -> TrainerRun:
+    """The user CLI on the embedded default, `python -m mempo_verl.main --config-name tiny_cpu`, under the watchdog
+    (`MEMPO_CACHE_DIR=model_cache`: the recipe's `${mempo_tiny_world:…}` fixtures are built there)."""
+    entry = ["mempo_verl.main", "--config-name=tiny_cpu"]
+    env = {"MEMPO_CACHE_DIR": str(model_cache)}
+    return run_trainer(work_dir, name, entry, overrides, MEMPO_TIMEOUT_S, env, on_line)
 
-    def __init__(self, step: int, marker: str, delay_s: float = 4.0):
-        self.prefix = f"step:{step} - "
-        self.marker = marker  # a text only this run's command line holds (its Hydra folder)
-        self.delay_s = delay_s
-        self.fired = threading.Event()
 
-    def __call__(self, line: str) -> None:
-        if self.prefix in line and not self.fired.is_set():
-            self.fired.set()
-            threading.Timer(self.delay_s, self._kill).start()
-
-    def _kill(self) -> None:
-        for child in psutil.Process().children():
-            if self.marker in " ".join(child.cmdline()):
-                for process in [child, *child.children(recursive=True)]:
-                    try:
-                        process.kill()
-                    except psutil.NoSuchProcess:
-                        pass
+@pytest.fixture
+def tiny_cpu_run(tmp_path, model_cache) -> Callable[..., TrainerRun]:
+    """`launch_tiny_cpu` in the test's own folder: `tiny_cpu_run(name, overrides, on_line=None)`."""
+    return lambda name, overrides, on_line=None: launch_tiny_cpu(tmp_path, name, overrides, model_cache, on_line)
 
 
 @dataclass
@@ -188,7 +178,7 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
     """The tiny world's two stages, short: TINY_SFT_STEPS SFT steps of 32 oracle rows from random weights; then
     TINY_RL_STEPS MemPO steps of the embedded default from the shipped SFT checkpoint (the recipe's full SFT run, so
     its sessions are right often enough for the advantages to be non-zero), a crash in the middle of the next step
-    (`CrashAfterStep`) and the rerun that resumes it.
+    (`KillOnLine` of the driver, 4 s after step 2's console line) and the rerun that resumes it.
 
     Steps 1-2 score memory credit with the recipe's default `scorer: rollout` (vLLM prompt log-probs at session
     end), the resumed step 3 with `scorer: actor` (the FSDP actor inside the step): the credit dump of each step is
@@ -238,17 +228,13 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
         "mempo.run.timeout_s=0",  # the test's own watchdog bounds the run
     ]
 
-    def launch_rl(name: str, overrides: list[str], on_line: CrashAfterStep | None = None) -> TrainerRun:
-        entry = ["mempo_verl.main", "--config-name=tiny_cpu"]
-        env = {"MEMPO_CACHE_DIR": str(model_cache)}
-        return run_trainer(work / "rl", name, entry, [*common, *overrides], MEMPO_TIMEOUT_S, env, on_line)
-
-    crash = CrashAfterStep(TINY_RL_STEPS, marker=f"hydra.run.dir={work / 'rl' / 'hydra-rl'}")
-    rl = launch_rl("rl", [], on_line=crash)
+    crash = KillOnLine(f"step:{TINY_RL_STEPS} - ", target=f"hydra.run.dir={work / 'rl' / 'hydra-rl'}")
+    rl = launch_tiny_cpu(work / "rl", "rl", common, model_cache, on_line=crash)
     if rl.result.returncode != -9:  # anything but the crash is a failure of the run itself
         rl.result.raise_for_failure()
         raise RuntimeError(f"the run was not killed in step {TINY_RL_STEPS + 1}: {rl.result.describe()}")
-    resumed = launch_rl("resumed", ["trainer.val_before_train=false", "mempo.credit.scorer=actor"])
+    rerun = [*common, "trainer.val_before_train=false", "mempo.credit.scorer=actor"]
+    resumed = launch_tiny_cpu(work / "rl", "resumed", rerun, model_cache)
     resumed.result.raise_for_failure()
     return TinyWorldRuns(
         sft=sft,

@@ -58,7 +58,7 @@ def zscore_by_group(values: dict, groups: dict, floors: dict | None = None) -> d
 
 
 def test_the_crashed_run_logged_steps_1_2_and_its_rerun_step_3(tiny_world):
-    # SIGKILL mid-step 3 (the fixture's `CrashAfterStep`); step 0 is the validation before training
+    # SIGKILL mid-step 3 (the fixture's `KillOnLine`); step 0 is the validation before training
     assert tiny_world.rl.result.returncode == -9 and tiny_world.resumed.result.returncode == 0
     assert sorted(tiny_world.rl.metrics) == [0, 1, 2] and sorted(tiny_world.resumed.metrics) == [3]
     for step, run in STEPS:
