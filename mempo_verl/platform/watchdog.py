@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -64,6 +64,7 @@ class ErrorEvent:
     exception: str  # e.g. "ValueError: Duplicate device type cpu ..."
     traceback: tuple[str, ...]
     line_number: int  # 1-based line of the log where the exception line is
+    detail: tuple[str, ...] = ()  # the message's continuation lines, e.g. Ray's "\tclass_name: vLLMHttpServer"
 
     @property
     def is_symptom(self) -> bool:
@@ -71,8 +72,9 @@ class ErrorEvent:
         return any(symptom in text for symptom in DOWNSTREAM_SYMPTOMS)
 
     def render(self, context: int = 8) -> str:
+        detail = "".join(f"\n    {line.strip()}" for line in self.detail)
         tail = "\n".join("    " + line for line in self.traceback[-context:])
-        return f"{self.source} {self.exception}  (log line {self.line_number})\n{tail}"
+        return f"{self.source} {self.exception}  (log line {self.line_number}){detail}\n{tail}"
 
 
 class ErrorScanner:
@@ -82,6 +84,7 @@ class ErrorScanner:
         self.events: list[ErrorEvent] = []
         self.fatal_seen_at: float | None = None
         self._open: dict[str, list[str]] = {}
+        self._continued: dict[str, int] = {}  # source -> index in events of its exception still taking detail lines
         self._line_number = 0
 
     def feed(self, raw_line: str) -> None:
@@ -91,6 +94,15 @@ class ErrorScanner:
         source, body = (match.group(1).strip(), match.group(2)) if match else ("driver", line)
         if self.fatal_seen_at is None and any(symptom in body for symptom in FATAL_SYMPTOMS):
             self.fatal_seen_at = time.monotonic()
+        if source in self._continued:
+            index = self._continued[source]
+            # a multi-line message goes on with tab-indented fields (Ray: the dead actor's class_name, name, pid) and
+            # Ray's "The actor is dead because …"; anything else from the source ends it
+            if body.startswith(("\t", "The actor is dead")):
+                event = self.events[index]
+                self.events[index] = replace(event, detail=(*event.detail, body))
+                return
+            del self._continued[source]
         if body.startswith("Traceback (most recent call last)"):
             self._open[source] = [body]
             return
@@ -103,6 +115,7 @@ class ErrorScanner:
             if body.startswith(("The above exception", "Traceback")):
                 return
             self.events.append(ErrorEvent(source, body, tuple(block), self._line_number))
+            self._continued[source] = len(self.events) - 1
             del self._open[source]
 
     def first_error(self) -> ErrorEvent | None:

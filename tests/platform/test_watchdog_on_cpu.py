@@ -71,6 +71,29 @@ def test_nested_vllm_engine_prefix_names_the_engine_process():
     assert scanner.fatal_seen_at is not None
 
 
+def test_a_dead_actor_is_named_by_the_lines_after_the_exception():
+    # what an agent-loop worker logs when the vLLM server it calls was killed (tests/e2e/test_faults_on_cpu.py)
+    scanner = scan(
+        "(AgentLoopWorkerTQ pid=9) Traceback (most recent call last):\n"
+        '(AgentLoopWorkerTQ pid=9)   File "verl/workers/rollout/llm_server.py", line 150, in generate\n'
+        "(AgentLoopWorkerTQ pid=9) ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing.\n"
+        "(AgentLoopWorkerTQ pid=9) \tclass_name: vLLMHttpServer\n"
+        "(AgentLoopWorkerTQ pid=9) \tname: vllm_server_0_0\n"
+        "(TaskRunnerV1 pid=3) INFO: unrelated, from another process\n"
+        "(AgentLoopWorkerTQ pid=9) The actor is dead because its worker process has died.\n"
+        "(AgentLoopWorkerTQ pid=9) INFO: the next line of the worker: not part of the message\n"
+    )
+    (event,) = scanner.events
+    assert event.detail == (
+        "\tclass_name: vLLMHttpServer",
+        "\tname: vllm_server_0_0",
+        "The actor is dead because its worker process has died.",
+    )
+    rendered = event.render()
+    assert "class_name: vLLMHttpServer" in rendered.splitlines()[1] and "INFO" not in rendered
+    assert scanner.fatal_seen_at is not None  # ActorDiedError: the run cannot succeed
+
+
 def python(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
