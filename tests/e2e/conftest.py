@@ -2,7 +2,7 @@
 
 `grpo_smoke` is the baseline run every e2e test reads: verl's own GRPO (`python -m verl.trainer.main_ppo`, its
 `single_turn_agent`, recipes/grpo_tiny.yaml + the `platform=cpu` preset where there is no accelerator) on the tiny
-world's random-weight model and the shipped sample QA set: 2 steps with a checkpoint each, then a second process with
+model and the shipped sample QA set: 2 steps with a checkpoint each, then a second process with
 `trainer.resume_mode=auto` for step 3. Both processes run under `run_with_watchdog`: a failure names the first
 real worker error, a hang ends at the limit.
 
@@ -122,16 +122,12 @@ class SmokeRuns:
 
 
 @pytest.fixture(scope="session")
-def grpo_smoke(tmp_path_factory, model_cache) -> SmokeRuns:
-    """verl GRPO on the tiny world's random-weight model: 2 steps + checkpoints, then a resumed 3rd step (one shared
-    run per session). The tiny world's 640-token vocabulary, not the Qwen-vocabulary tiny model, whose LM head is
-    98 % of its compute (VERL_NOTES): the same checks, ~5 min less."""
-    from mempo_verl.tiny import tiny_world_model_dir
-
+def grpo_smoke(tmp_path_factory, tiny_model_path) -> SmokeRuns:
+    """verl GRPO on the tiny model: 2 steps + checkpoints, then a resumed 3rd step (one shared run per session)."""
     work = tmp_path_factory.mktemp("grpo_smoke")
     train, val = write_sample_parquet(work / "data")
     common = [
-        f"actor_rollout_ref.model.path={tiny_world_model_dir(model_cache)}",
+        f"actor_rollout_ref.model.path={tiny_model_path}",
         f"data.train_files={train}",
         f"data.val_files={val}",
         f"reward.custom_reward_function.path={SMOKE_REWARD}",
