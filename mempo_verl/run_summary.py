@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,15 @@ PROGRESS_KEYS: tuple[tuple[str, str], ...] = (
 """(label, metric or metric prefix) of the one-line progress a quiet console shows per logged step."""
 
 
+_NUMPY_SCALAR = re.compile(r"^np\.\w+\((.*)\)$")
+
+
+def _number(text: str | None) -> float:
+    """A logged value as a float: verl prints validation metrics as numpy reprs, ``np.float64(0.59375)``."""
+    match = _NUMPY_SCALAR.match(text.strip()) if isinstance(text, str) else None
+    return float(match.group(1) if match else text)
+
+
 def progress_line(line: str, prefix: str = "") -> str | None:
     """verl's console logger line ``step:N - key:value - ...`` as one short line; None for any other line.
 
@@ -59,7 +69,8 @@ def progress_line(line: str, prefix: str = "") -> str | None:
             None,
         )
         try:
-            shown.append(f"{label} {float(value):.3g}" if label == "s" else f"{label} {float(value):.3f}")
+            number = _number(value)
+            shown.append(f"{label} {number:.3g}" if label == "s" else f"{label} {number:.3f}")
         except (TypeError, ValueError):
             continue
     return f"{prefix}step {fields['step'].strip()}: " + ", ".join(shown)

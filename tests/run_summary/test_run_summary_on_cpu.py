@@ -54,4 +54,6 @@ def test_progress_line_of_a_console_step_line():
     assert progress_line("Epoch 1/1:  4%|▎ | 14/390 [00:38<16:33]\rstep:14 - train/loss:0.5") == "step 14: loss 0.500"
     # Ray prefixes a worker's lines with its name
     assert progress_line("\x1b[36m(TaskRunnerV1 pid=1)\x1b[0m step:2 - mempo/turns/mean:2") == "step 2: turns 2.000"
+    # the validation line before training: verl prints its values as numpy reprs
+    assert progress_line("step:0 - val-core/x/reward/mean@1:np.float64(0.59375)") == "step 0: held-out R^T 0.594"
     assert progress_line("INFO: nothing to see") is None and progress_line("mystep:3 - x:1") is None
