@@ -15,6 +15,7 @@ the per-row credit dump the MemPO tests recompute."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,6 +169,10 @@ class TinyWorldRuns:
     sft_steps: int
     rl_steps: int
 
+    def run_of(self, step: int) -> TrainerRun:
+        """The process that trained `step`: the first up to `rl_steps`, then the rerun after the crash."""
+        return self.rl if step <= self.rl_steps else self.resumed
+
 
 TINY_SFT_STEPS = 40
 TINY_RL_STEPS = 2
@@ -230,7 +235,7 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
 
     crash = KillOnLine(f"step:{TINY_RL_STEPS} - ", target=f"hydra.run.dir={work / 'rl' / 'hydra-rl'}")
     rl = launch_tiny_cpu(work / "rl", "rl", common, model_cache, on_line=crash)
-    if rl.result.returncode != -9:  # anything but the crash is a failure of the run itself
+    if rl.result.returncode != -signal.SIGKILL:  # anything but the crash is a failure of the run itself
         rl.result.raise_for_failure()
         raise RuntimeError(f"the run was not killed in step {TINY_RL_STEPS + 1}: {rl.result.describe()}")
     rerun = [*common, "trainer.val_before_train=false", "mempo.credit.scorer=actor"]

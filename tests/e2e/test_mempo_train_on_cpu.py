@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,7 +32,7 @@ EPS = 1e-6
 # with zero-loss rows to a multiple of lcm(K x 8, 8, 8) = 8 (MemPOTrainer._get_required_batch_multiple)
 MICRO_BATCH = 8
 TRAIN_BATCH = 4  # the fixture's data.train_batch_size (= ppo_mini_batch_size: K = 1)
-STEPS = ((1, "rl"), (2, "rl"), (3, "resumed"))  # steps 1-2: scorer rollout; 3 (after the crash): scorer actor
+STEPS = (1, 2, 3)  # steps 1-2: scorer rollout; 3 (the rerun after the crash, `TinyWorldRuns.run_of`): scorer actor
 
 
 def credit_rows(run, step: int) -> list[dict]:
@@ -59,10 +60,10 @@ def zscore_by_group(values: dict, groups: dict, floors: dict | None = None) -> d
 
 def test_the_crashed_run_logged_steps_1_2_and_its_rerun_step_3(tiny_world):
     # SIGKILL mid-step 3 (the fixture's `KillOnLine`); step 0 is the validation before training
-    assert tiny_world.rl.result.returncode == -9 and tiny_world.resumed.result.returncode == 0
+    assert tiny_world.rl.result.returncode == -signal.SIGKILL and tiny_world.resumed.result.returncode == 0
     assert sorted(tiny_world.rl.metrics) == [0, 1, 2] and sorted(tiny_world.resumed.metrics) == [3]
-    for step, run in STEPS:
-        assert math.isfinite(getattr(tiny_world, run).metric(step, "actor/pg_loss")), step
+    for step in STEPS:
+        assert math.isfinite(tiny_world.run_of(step).metric(step, "actor/pg_loss")), step
 
 
 def test_logged_metrics_include_the_mempo_quantities(tiny_world):
@@ -74,14 +75,14 @@ def test_logged_metrics_include_the_mempo_quantities(tiny_world):
     logged = {name for run in (tiny_world.rl, tiny_world.resumed) for step in run.metrics.values() for name in step}
     assert set(names) <= logged, sorted(set(names) - logged)
     # the SFT checkpoint writes <mem> blocks: memory credit actually ran, with either scorer
-    for step, run in STEPS:
-        assert getattr(tiny_world, run).metric(step, "mempo/memory_credit/segments") > 0, step
+    for step in STEPS:
+        assert tiny_world.run_of(step).metric(step, "mempo/memory_credit/segments") > 0, step
 
 
 def test_memory_tokens_differ_from_the_rest_by_alpha_times_a_m(tiny_world):
     checked = 0
-    for step, run in STEPS:
-        memory_rows = {r["key"]: r for r in credit_rows(getattr(tiny_world, run), step) if r["has_memory"]}
+    for step in STEPS:
+        memory_rows = {r["key"]: r for r in credit_rows(tiny_world.run_of(step), step) if r["has_memory"]}
         # A^M: z-score of R^M over all <mem> segments of a prompt (DESIGN §3 "group"), its std floored at the
         # scoring noise ρ · mean sqrt(P_mem² + ε²)
         rewards = {key: row["memory_reward"] for key, row in memory_rows.items()}
@@ -105,9 +106,9 @@ def test_memory_tokens_differ_from_the_rest_by_alpha_times_a_m(tiny_world):
 
 def test_trajectory_advantage_is_grpo_over_sessions_given_to_every_segment(tiny_world):
     nonzero = 0
-    for step, run in STEPS:
+    for step in STEPS:
         sessions = defaultdict(list)
-        for row in credit_rows(getattr(tiny_world, run), step):
+        for row in credit_rows(tiny_world.run_of(step), step):
             sessions[tuple(row["session"])].append(row)
         # R^T of a session is its last segment's reward; A^T its z-score among the prompt's sessions (GRPO)
         rewards = {s: next(r["reward"] for r in seg if r["is_last"]) for s, seg in sessions.items()}
@@ -126,8 +127,8 @@ def test_trajectory_advantage_is_grpo_over_sessions_given_to_every_segment(tiny_
 def test_each_step_is_one_update_over_all_its_segments(tiny_world):
     # train_batch_size = ppo_mini_batch_size -> K = 1 (mempo.update.mini_batch: prompts), whatever the step's
     # segment count; the one mini-batch holds every segment plus the padding to a multiple of MICRO_BATCH
-    for step, name in STEPS:
-        run = getattr(tiny_world, name)
+    for step in STEPS:
+        run = tiny_world.run_of(step)
         segments = len(credit_rows(run, step))
         assert run.metric(step, "mempo/update/mini_batches") == 1
         assert run.metric(step, "mempo/update/rows_per_mini_batch") == math.ceil(segments / MICRO_BATCH) * MICRO_BATCH
@@ -146,8 +147,8 @@ def test_rerun_after_the_crash_resumes_step_3_with_the_same_data_order(tiny_worl
     assert tiny_world.resumed.metric(3, "actor/kl_loss") > 0.0  # the actor was loaded, not re-initialised
     # no shuffling: step k trains on the train parquet's prompts TRAIN_BATCH (k-1) .. TRAIN_BATCH k - 1
     train = pd.read_parquet(tiny_world.train_file)
-    for step, run in STEPS:
+    for step in STEPS:
         prompts = train.extra_info.iloc[TRAIN_BATCH * (step - 1) : TRAIN_BATCH * step]
         expected = [list(q)[0] for q in prompts.map(lambda e: e["questions"])]
-        seen = {row["question"] for row in credit_rows(getattr(tiny_world, run), step)}
+        seen = {row["question"] for row in credit_rows(tiny_world.run_of(step), step)}
         assert all(any(q in text for text in seen) for q in expected), (step, expected, seen)
