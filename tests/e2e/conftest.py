@@ -148,7 +148,8 @@ def launch_tiny_cpu(
     """The user CLI on the embedded default, `python -m mempo_verl.main --config-name tiny_cpu`, under the watchdog
     (`MEMPO_CACHE_DIR=model_cache`: the recipe's `${mempo_tiny_world:…}` fixtures are built there)."""
     entry = ["mempo_verl.main", "--config-name=tiny_cpu"]
-    env = {"MEMPO_CACHE_DIR": str(model_cache)}
+    # WANDB_DIR: where a run with the wandb logger (offline: `trainer_env`) writes; test_mempo_train_on_cpu reads it
+    env = {"MEMPO_CACHE_DIR": str(model_cache), "WANDB_DIR": str(work_dir / f"wandb-{name}")}
     return run_trainer(work_dir, name, entry, overrides, MEMPO_TIMEOUT_S, env, on_line)
 
 
@@ -231,6 +232,7 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
         "data.val_max_samples=8",
         f"mempo.run.credit_dump_dir={work / 'rl' / 'credit'}",
         "mempo.run.timeout_s=0",  # the test's own watchdog bounds the run
+        "trainer.logger=[console,file,wandb]",  # wandb offline (trainer_env): its history is read back too
     ]
 
     crash = KillOnLine(f"step:{TINY_RL_STEPS} - ", target=f"hydra.run.dir={work / 'rl' / 'hydra-rl'}")

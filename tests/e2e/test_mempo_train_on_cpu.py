@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from mempo_verl.testing.checkpoints import load_actor_shard
+from mempo_verl.testing.wandb_records import read_wandb_history
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +78,19 @@ def test_logged_metrics_include_the_mempo_quantities(tiny_world):
     # the SFT checkpoint writes <mem> blocks: memory credit actually ran, with either scorer
     for step in STEPS:
         assert tiny_world.run_of(step).metric(step, "mempo/memory_credit/segments") > 0, step
+
+
+def test_the_wandb_logger_recorded_every_step_the_file_logger_did(tiny_world):
+    # both processes ran with trainer.logger=[console,file,wandb], WANDB_MODE=offline; the killed one included
+    for name, run in (("rl", tiny_world.rl), ("resumed", tiny_world.resumed)):
+        files = sorted((run.checkpoint_dir.parent / f"wandb-{name}").glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(files) == 1, (name, files)
+        history = read_wandb_history(files[0])
+        assert sorted(history) == sorted(run.metrics), name  # validation step 0 included
+        for step, logged in run.metrics.items():
+            mempo = {key: value for key, value in logged.items() if key.startswith("mempo/")}
+            assert mempo or step == 0, (name, step)  # the validation step logs val-core metrics only
+            assert {key: history[step].get(key) for key in mempo} == pytest.approx(mempo), (name, step)
 
 
 def test_memory_tokens_differ_from_the_rest_by_alpha_times_a_m(tiny_world):
