@@ -5,6 +5,7 @@
     obs = await env.step(ToolCall("lookup", {"key": "Alar Venn"}), rows[0])
 
     python -m mempo_verl.envs.synthetic --out data/synthetic --objectives 3 --hops 2   # train/test parquet
+    python -m mempo_verl.envs.synthetic --out data/k7 --objectives 7 --hops 1 --names pool --prompt tiny  # tiny world
 
 Each row is its own small invented world of people, cities and guilds (names made of random syllables, so no model
 knows them), with one document per entity. A document states every fact about its entity (relations to other
@@ -519,9 +520,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--objectives", type=int, default=1, help="questions per row, k")
     parser.add_argument("--hops", type=int, default=2, help="lookups per question, h")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--names", choices=get_args(NameStyle), default="syllables", help="entity names (NameStyle)")
+    parser.add_argument("--prompt", choices=get_args(PromptStyle), default="full", help="system message style")
     args = parser.parse_args(argv)
     splits = {
-        split: make_synthetic_rows(n, args.objectives, args.hops, args.seed, split)
+        split: make_synthetic_rows(n, args.objectives, args.hops, args.seed, split, args.prompt, args.names)
         for split, n in (("train", args.train_rows), ("test", args.test_rows))
     }
     for split, path in write_splits(splits, args.out).items():

@@ -152,6 +152,17 @@ def test_cli_writes_both_splits(tmp_path, capsys):
     assert "min turns 5" in capsys.readouterr().out
 
 
+def test_cli_names_from_the_pool_and_tiny_prompt(tmp_path):
+    from mempo_verl.envs.synthetic import NAME_POOL, tiny_task_prompt
+
+    main(["--out", str(tmp_path), "--train-rows", "2", "--test-rows", "1", "--objectives", "3", "--hops", "1"]
+         + ["--names", "pool", "--prompt", "tiny"])  # fmt: skip
+    row = pd.read_parquet(tmp_path / "train.parquet").iloc[0]
+    assert row["prompt"][0]["content"] == tiny_task_prompt(3)  # the system message of prompt style "tiny"
+    entities = {chain[0] for chain in row["extra_info"]["chains"]}  # each question's starting entity
+    assert entities <= set(NAME_POOL), entities
+
+
 # ----------------------------------------------------------------------------------------------- scoring and prompt
 
 
