@@ -44,6 +44,10 @@ def episode_metrics(segments: list[Segment | None], session_rewards: torch.Tenso
     }
     reasons = Counter(s.termination for _, s in last)
     metrics.update({f"mempo/termination/{r}": reasons.get(r, 0) / len(last) for r in TERMINATION_REASONS})
+    # what failed, not only how often: each failure kind (`Observation.error`, e.g. not_found, retriever_unavailable)
+    # per session, so a dead service shows apart from the model's own bad calls
+    errors = Counter(t.observation_error for s in segments if s is not None for t in s.turns if t.observation_error)
+    metrics.update({f"mempo/env_failures/{kind}": count / len(episodes) for kind, count in sorted(errors.items())})
     memory_tokens = [t.memory_tokens for s in segments if s is not None for t in s.turns]
     if memory_tokens:
         metrics["mempo/memory_tokens/mean"] = sum(memory_tokens) / len(memory_tokens)

@@ -143,20 +143,27 @@ def grpo_smoke(tmp_path_factory, tiny_model_path) -> SmokeRuns:
 
 
 def launch_tiny_cpu(
-    work_dir: Path, name: str, overrides: list[str], model_cache: Path, on_line: Callable[[str], None] | None = None
+    work_dir: Path,
+    name: str,
+    overrides: list[str],
+    model_cache: Path,
+    on_line: Callable[[str], None] | None = None,
+    env: dict[str, str] | None = None,
 ) -> TrainerRun:
     """The user CLI on the embedded default, `python -m mempo_verl.main --config-name tiny_cpu`, under the watchdog
-    (`MEMPO_CACHE_DIR=model_cache`: the recipe's `${mempo_tiny_world:…}` fixtures are built there)."""
+    (`MEMPO_CACHE_DIR=model_cache`: the recipe's `${mempo_tiny_world:…}` fixtures are built there; `env` added)."""
     entry = ["mempo_verl.main", "--config-name=tiny_cpu"]
     # WANDB_DIR: where a run with the wandb logger (offline: `trainer_env`) writes; test_mempo_train_on_cpu reads it
-    env = {"MEMPO_CACHE_DIR": str(model_cache), "WANDB_DIR": str(work_dir / f"wandb-{name}")}
+    env = {"MEMPO_CACHE_DIR": str(model_cache), "WANDB_DIR": str(work_dir / f"wandb-{name}"), **(env or {})}
     return run_trainer(work_dir, name, entry, overrides, MEMPO_TIMEOUT_S, env, on_line)
 
 
 @pytest.fixture
 def tiny_cpu_run(tmp_path, model_cache) -> Callable[..., TrainerRun]:
-    """`launch_tiny_cpu` in the test's own folder: `tiny_cpu_run(name, overrides, on_line=None)`."""
-    return lambda name, overrides, on_line=None: launch_tiny_cpu(tmp_path, name, overrides, model_cache, on_line)
+    """`launch_tiny_cpu` in the test's own folder: `tiny_cpu_run(name, overrides, on_line=None, env=None)`."""
+    return lambda name, overrides, on_line=None, env=None: launch_tiny_cpu(
+        tmp_path, name, overrides, model_cache, on_line, env
+    )
 
 
 @dataclass
