@@ -6,19 +6,21 @@ One call of ``run`` is one session (verl runs ``rollout.n`` of them per prompt).
           |                          |
           +--(over budget)--> TERMINATED <--(answer / malformed / unknown tool / undecodable / truncated / max turns)
 
-BUILD_CONTEXT  the context policy's messages for turn t -> the exact prompt ids (``memory``: the chat template
-               of the rewritten context; ``full``: the ids already sent + the generated ids + the new context
-               tokens, through verl's Continuous Token builder, as ``ToolAgentLoop`` does)
-GENERATE       ``server_manager.generate``: token ids in, token ids and rollout log-probs out
+BUILD_CONTEXT  the context policy's messages for turn t -> the exact prompt ids, from the session's segment
+               layout (``layout.py``, chosen once from the policy: ``per_turn`` renders each context afresh,
+               ``sequence`` appends to one growing sequence, as ``ToolAgentLoop`` does)
+GENERATE       ``server_manager.generate``: token ids in, token ids and rollout log-probs out (handed to the layout)
 PARSE          decode, ``protocol.parse_turn``; decide the next state
 ACT            ``env.step`` under a timeout; its reply is the next context's ``<information>``
 
-``run`` returns ``list[AgentLoopOutput]``: under ``memory``/``mem1`` one per turn (prompt = the ids the model saw
-for that turn, response = exactly its generated ids, ``response_mask`` ones, its log-probs); under ``full`` one for
-the trajectory (response = generated ids and context tokens, mask 0 on the context tokens). ``extra_fields``
-carry ``segments.Segment``. verl stores each output as the row ``{uid}_{session_id}_{index}`` and computes the
-reward on the last one (``reward.source``: verl's reward function reads the last segment's ``final_answer`` /
-``format_valid``; or ``env.score`` here), then copies it to the session's other rows.
+Each committed turn is recorded once, as a ``turns.TurnRecord``: the context policy renders later contexts from
+it and the segments carry it. ``run`` returns ``list[AgentLoopOutput]``, one per row of the layout: one per turn
+under ``per_turn`` (prompt = the ids the model saw for that turn, response = exactly its generated ids,
+``response_mask`` ones, its log-probs); one for the trajectory under ``sequence`` (response = generated ids and
+context tokens, mask 0 on the context tokens). ``extra_fields`` carry ``segments.Segment``. verl stores each
+output as the row ``{uid}_{session_id}_{index}`` and computes the reward on the last one (``reward.source``:
+verl's reward function reads the last segment's ``final_answer`` / ``format_valid``; or ``env.score`` here), then
+copies it to the session's other rows.
 
 Bad model output never raises: it ends the episode with a ``TerminationReason`` and R^T = 0 (DESIGN §3).
 Environment failures (``ok=False``, timeouts, exceptions) are observations the model reads, and are counted.
@@ -41,15 +43,9 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 from verl.workers.rollout.replica import TokenOutput
 
 from mempo_verl.config import EnvConfig, mempo_section, model_positions, scoring_window
-from mempo_verl.context import (
-    ContextPolicy,
-    ContextTurn,
-    EpisodeContext,
-    Message,
-    render_questions,
-    truncate_to_token_budget,
-)
+from mempo_verl.context import ContextPolicy, EpisodeContext, render_questions, truncate_to_token_budget
 from mempo_verl.envs import Environment, Observation, make_env
+from mempo_verl.layout import LAYOUTS, Row, SegmentLayout, TurnPrompt
 from mempo_verl.protocol import DEFAULT_EOS_STRINGS, Turn, parse_turn, strip_eos
 from mempo_verl.rewards import trajectory_format_valid, validate_reward_mode
 from mempo_verl.rollout_credit import score_session
@@ -57,11 +53,11 @@ from mempo_verl.segments import (
     EpisodeSummary,
     Segment,
     TerminationReason,
-    TurnRecord,
     decode_ids,
     memory_token_span,
     undecodable_ids,
 )
+from mempo_verl.turns import TurnRecord
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +85,14 @@ class LoopState(Enum):
 
 
 @dataclass
-class TurnTrace:
-    """Everything one turn produced; filled as the turn moves through the states."""
+class _Generation:
+    """The loop's private working state of one turn: filled as it moves through the states, committed as a
+    ``TurnRecord`` (the one description of a turn); kept for the row's server fields and timings."""
 
-    prompt_ids: list[int]
-    """The ids sent to ``generate`` (under ``full``: the whole sequence so far)."""
+    prompt: TurnPrompt
+    """The layout's prompt for the turn."""
     max_tokens: int
     """The turn's generation limit."""
-    response_start: int
-    """Where the turn's generated ids start in its segment's response ids (0 under the memory policies)."""
     response_ids: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
     server_fields: dict[str, Any] = field(default_factory=dict)
@@ -107,25 +102,8 @@ class TurnTrace:
     """The decoded turn ("" when undecodable)."""
     turn: Turn = field(default_factory=lambda: parse_turn(""))
     observation: Observation | None = None
-    memory_in_context: str | None = None
-    """The ``<mem>`` content later contexts show (cut to ``memory_token_budget``)."""
-    memory_truncated: bool = False
     generate_s: float = 0.0
     tool_s: float = 0.0
-
-
-@dataclass
-class FullSequence:
-    """The one growing sequence of the ``full`` policy."""
-
-    prompt_ids: list[int]
-    """The first turn's prompt: the segment's prompt."""
-    token_ids: list[int]
-    """Prompt + every token since (generated and context): what the next ``generate`` is sent."""
-    response_mask: list[int] = field(default_factory=list)
-    """1 on generated tokens, 0 on context tokens, for ``token_ids[len(prompt_ids):]``."""
-    response_logprobs: list[float] | None = field(default_factory=list)
-    """Rollout log-probs aligned with ``response_mask`` (0.0 on context tokens); None when the server gave none."""
 
 
 @dataclass
@@ -142,10 +120,13 @@ class EpisodeState:
     ground_truth: Any
     gold_answer: str | None
     reward_mode: str
-    history: list[ContextTurn] = field(default_factory=list)
-    traces: list[TurnTrace] = field(default_factory=list)
-    pending: TurnTrace | None = None
-    full: FullSequence | None = None
+    layout: SegmentLayout
+    """The session's segment layout: prompt ids, generated ids and rows."""
+    turns: list[TurnRecord] = field(default_factory=list)
+    """The committed turns: the context policy's history, and the segments' turns."""
+    generations: list[_Generation] = field(default_factory=list)
+    """The committed turns' working state (server fields, timings, parsed ``Turn``), aligned with ``turns``."""
+    pending: _Generation | None = None
     termination: TerminationReason | None = None
     env_failures: int = 0
 
@@ -160,6 +141,7 @@ class MemPOAgentLoop(AgentLoopBase):
         super().__init__(*args, **kwargs)
         self.mempo = mempo_section(self.config)
         self.policy = ContextPolicy(self.mempo.context, self.mempo.tags)
+        self.layout_class = LAYOUTS[self.policy.layout]
         self.env = get_environment(self.mempo.env)
         self.tool_schemas = list(self.env.tool_schemas())
         self.tool_names = {s.get("function", {}).get("name") for s in self.tool_schemas}
@@ -215,89 +197,57 @@ class MemPOAgentLoop(AgentLoopBase):
             ground_truth=ground_truth,
             gold_answer=self.env.gold_answer_text(ground_truth) if ground_truth is not None else None,
             reward_mode=reward_mode,
+            layout=self.layout_class(
+                self.continuous_token_builder, self.tool_schemas, self.prompt_length, self.response_length
+            ),
         )
 
     # ------------------------------------------------------------------------------------------ state handlers
 
     async def _build_context(self, state: EpisodeState) -> LoopState:
         # 1. turn t's messages from the context policy (pure)
-        messages = self.policy.messages(state.episode, state.history)
-        # 2. the exact ids the server will see
-        if state.full is None:
-            prompt_ids = self.continuous_token_builder.build_initial_tokens(messages, tools=self.tool_schemas)
-            merged = None
-            used = 0
-        else:
-            merged = self._merge_context(state.full, messages)
-            prompt_ids = merged.token_ids
-            used = len(prompt_ids) - len(state.full.prompt_ids)
-        if not state.traces and len(prompt_ids) > self.prompt_length:
+        messages = self.policy.messages(state.episode, state.turns)
+        # 2. the exact ids the server will see, from the session's layout
+        prompt = state.layout.next_prompt(messages)
+        if not state.turns and not prompt.fits:
             # why: not a model failure; a first prompt that never fits is a data/config error, and dropping the
             # session silently would hide it (verl logs the error and marks the prompt group failed)
             raise ValueError(
-                f"the first prompt has {len(prompt_ids)} tokens, more than rollout.prompt_length="
+                f"the first prompt has {len(prompt.prompt_ids)} tokens, more than rollout.prompt_length="
                 f"{self.prompt_length}; raise prompt_length or shorten the task prompt or question"
             )
-        # 3. budget: the memory policies bound each prompt, full bounds its growing response
-        if (merged is not None and used >= self.response_length) or len(prompt_ids) - used > self.prompt_length:
+        # 3. budget: per_turn bounds each prompt, sequence bounds its growing response (the layout decides)
+        if not prompt.fits:
             # why: the context the model would need does not fit; the episode ends unanswered (R^T = 0)
             state.termination = "prompt_budget"
             return LoopState.TERMINATED
-        if merged is not None:
-            state.full = merged
-        elif self.policy.single_segment:
-            state.full = FullSequence(prompt_ids=list(prompt_ids), token_ids=list(prompt_ids))
-        max_tokens = self.response_length - used
+        max_tokens = prompt.max_tokens
         if self.mempo.agent.max_turn_tokens is not None:
             max_tokens = min(max_tokens, self.mempo.agent.max_turn_tokens)
-        state.pending = TurnTrace(prompt_ids=list(prompt_ids), max_tokens=max_tokens, response_start=used)
+        state.pending = _Generation(prompt=prompt, max_tokens=max_tokens)
         return LoopState.GENERATE
-
-    def _merge_context(self, full: FullSequence, messages: list[Message]) -> FullSequence:
-        """``full``: the sequence with the new user message's tokens appended (verl's Continuous Token merge).
-
-        The policy's messages for turn t extend turn t-1's by [assistant, user]; ``messages[:-1]`` is what the
-        sequence already renders, so only the user message (and the chat template's boundary) is tokenized. The
-        result replaces ``full`` only once it fits the budget: tokens never sent must not enter the segment.
-        """
-        builder = self.continuous_token_builder
-        merge = builder.merge_context_tokens(messages[:-1], messages, full.token_ids, tools=self.tool_schemas)
-        mask, logprobs = builder.align_response_metadata(merge, full.response_mask, full.response_logprobs)
-        return FullSequence(full.prompt_ids, list(merge.token_ids), mask, logprobs)
 
     async def _generate(self, state: EpisodeState) -> LoopState:
         pending = state.pending
         params = {**state.sampling_params, "max_tokens": pending.max_tokens}
         start = time.perf_counter()
         output: TokenOutput = await self.server_manager.generate(
-            request_id=state.request_id, prompt_ids=pending.prompt_ids, sampling_params=params
+            request_id=state.request_id, prompt_ids=pending.prompt.prompt_ids, sampling_params=params
         )
         pending.generate_s = time.perf_counter() - start
         pending.response_ids = [int(i) for i in output.token_ids]
         pending.logprobs = list(output.log_probs) if output.log_probs is not None else None
         pending.server_fields = dict(output.extra_fields or {})
         pending.num_preempted = output.num_preempted if output.num_preempted is not None else -1
-        if state.full is not None:
-            self._append_generated(state.full, pending)
+        state.layout.append(pending.prompt, pending.response_ids, pending.logprobs)
         return LoopState.PARSE
-
-    @staticmethod
-    def _append_generated(full: FullSequence, pending: TurnTrace) -> None:
-        """``full``: the generated ids join the sequence verbatim, mask 1, with their log-probs."""
-        full.token_ids.extend(pending.response_ids)
-        full.response_mask.extend([1] * len(pending.response_ids))
-        if full.response_logprobs is not None and pending.logprobs is not None:
-            full.response_logprobs.extend(pending.logprobs)
-        else:
-            # why: one turn without log-probs leaves the sequence without aligned log-probs
-            full.response_logprobs = None
 
     async def _parse(self, state: EpisodeState) -> LoopState:
         pending = state.pending
         # 1. an id outside the vocabulary has no text: nothing can be parsed from the turn
         bad_ids = undecodable_ids(self.tokenizer, pending.response_ids)
         if bad_ids:
-            logger.warning("turn %d holds undecodable token ids %s", len(state.traces), bad_ids[:5])
+            logger.warning("turn %d holds undecodable token ids %s", len(state.turns), bad_ids[:5])
             return self._end_turn(state, "undecodable")
         # 2. decode (special tokens kept, so character offsets match the ids) and parse
         pending.text = decode_ids(self.tokenizer, pending.response_ids)
@@ -313,7 +263,7 @@ class MemPOAgentLoop(AgentLoopBase):
         if pending.turn.tool_call.name not in self.tool_names:
             # why: calling a tool the environment does not offer is malformed output, not an environment failure
             return self._end_turn(state, "unknown_tool")
-        if len(state.traces) + 1 >= self.mempo.agent.max_turns:
+        if len(state.turns) + 1 >= self.mempo.agent.max_turns:
             # why: the last allowed turn asked for a tool whose reply no turn would read; cut (R^T = 0)
             return self._end_turn(state, "max_turns")
         return LoopState.ACT
@@ -334,20 +284,43 @@ class MemPOAgentLoop(AgentLoopBase):
         return LoopState.TERMINATED
 
     def _commit_turn(self, state: EpisodeState) -> None:
-        """Move the pending turn into the traces and the context history."""
-        pending, turn = state.pending, state.pending.turn
+        """Record the pending turn once (``TurnRecord``): the context history and the segments' turn."""
+        state.turns.append(self._turn_record(len(state.turns), state.pending))
+        state.generations.append(state.pending)
+        state.pending = None
+
+    def _turn_record(self, index: int, generation: _Generation) -> TurnRecord:
+        turn, start = generation.turn, generation.prompt.response_start
+        memory_in_context, memory_truncated = None, False
         if turn.mem is not None:
             # why: a memory over its budget is cut where later turns read it; its written tokens stay trained
             budget = self.mempo.context.memory_token_budget
-            pending.memory_in_context, pending.memory_truncated = truncate_to_token_budget(
-                self.tokenizer, turn.mem, budget
-            )
-        observation = pending.observation.text if pending.observation is not None else None
-        state.history.append(
-            ContextTurn(strip_eos(pending.text), pending.memory_in_context, turn.think, turn.tool_call, observation)
+            memory_in_context, memory_truncated = truncate_to_token_budget(self.tokenizer, turn.mem, budget)
+        mem_span = None
+        if "mem" in turn.spans:
+            first, end = memory_token_span(self.tokenizer, generation.response_ids, turn.spans["mem"])
+            mem_span = (start + first, start + end)
+        observation = generation.observation
+        return TurnRecord(
+            turn_index=index,
+            text=strip_eos(generation.text),
+            memory=turn.mem,
+            memory_in_context=memory_in_context,
+            memory_truncated=memory_truncated,
+            think=turn.think,
+            action=turn.action,
+            tool_call=turn.tool_call,
+            answer=turn.answer,
+            observation=observation.text if observation is not None else None,
+            observation_ok=observation.ok if observation is not None else None,
+            observation_error=observation.error if observation is not None else None,
+            observation_metrics={k: float(v) for k, v in observation.metrics.items()} if observation else {},
+            mem_span=mem_span,
+            response_span=(start, start + len(generation.response_ids)),
+            prompt_tokens=len(generation.prompt.prompt_ids),
+            completion_tokens=len(generation.response_ids),
+            format_errors=tuple(e.kind for e in turn.errors),
         )
-        state.traces.append(pending)
-        state.pending = None
 
     async def _run_tool(self, turn: Turn, sample: Mapping[str, Any]) -> Observation:
         """``env.step`` under the timeout; a timeout, an exception or a non-Observation becomes ``ok=False``."""
@@ -368,14 +341,12 @@ class MemPOAgentLoop(AgentLoopBase):
     # ------------------------------------------------------------------------------------------ outputs
 
     def _segments(self, state: EpisodeState) -> list[Segment]:
-        """The session's segments: one per turn (memory policies) or one per trajectory (``full``)."""
-        records = [self._turn_record(i, trace) for i, trace in enumerate(state.traces)]
-        if not records:
+        """The session's segments, one per row of its layout (one per turn, or one for the trajectory)."""
+        if not state.turns:
             # why: only reachable when the first prompt is over budget, which raised in BUILD_CONTEXT
             raise RuntimeError("a session ended without any turn")
-        final = self._final(state, records)
-        groups = [records] if state.full is not None else [[r] for r in records]
-        last = len(groups) - 1
+        groups = [[state.turns[t] for t in row.turns] for row in state.layout.rows()]
+        final, last = self._final(state), len(groups) - 1
         return [
             self._segment(state, i, group, is_last=i == last, final=final if i == last else {})
             for i, group in enumerate(groups)
@@ -383,49 +354,22 @@ class MemPOAgentLoop(AgentLoopBase):
 
     def _outputs(self, state: EpisodeState, segments: list[Segment]) -> list[AgentLoopOutput]:
         """The session's rows, one per segment."""
-        outputs = [self._output(state, segment, num_turns=2 * len(state.traces)) for segment in segments]
+        rows, num_turns = state.layout.rows(), 2 * len(state.turns)
+        outputs = [self._output(state, row, segment, num_turns) for row, segment in zip(rows, segments, strict=True)]
         final = segments[-1]
         if self.mempo.reward.source == "environment":
             self._environment_reward(state, outputs[-1], final.final_answer, final.format_valid)
         return outputs
 
-    def _turn_record(self, index: int, trace: TurnTrace) -> TurnRecord:
-        turn = trace.turn
-        mem_span = None
-        if "mem" in turn.spans:
-            start, end = memory_token_span(self.tokenizer, trace.response_ids, turn.spans["mem"])
-            mem_span = (trace.response_start + start, trace.response_start + end)
-        observation = trace.observation
-        return TurnRecord(
-            turn_index=index,
-            text=strip_eos(trace.text),
-            observation=observation.text if observation is not None else None,
-            observation_ok=observation.ok if observation is not None else None,
-            observation_error=observation.error if observation is not None else None,
-            observation_metrics={k: float(v) for k, v in observation.metrics.items()} if observation else {},
-            action=turn.action,
-            tool_call={"name": turn.tool_call.name, "arguments": dict(turn.tool_call.arguments)}
-            if turn.tool_call is not None
-            else None,
-            answer=turn.answer,
-            memory=turn.mem,
-            memory_in_context=trace.memory_in_context,
-            memory_truncated=trace.memory_truncated,
-            mem_span=mem_span,
-            response_span=(trace.response_start, trace.response_start + len(trace.response_ids)),
-            prompt_tokens=len(trace.prompt_ids),
-            completion_tokens=len(trace.response_ids),
-            format_errors=tuple(e.kind for e in turn.errors),
-        )
-
-    def _final(self, state: EpisodeState, records: list[TurnRecord]) -> dict[str, Any]:
+    def _final(self, state: EpisodeState) -> dict[str, Any]:
         """The last segment's verdict: termination, final answer, format validity and the episode's numbers."""
+        records = state.turns
         sizes = [r.prompt_tokens + r.completion_tokens for r in records]
         return dict(
             termination=state.termination,
             # the answer counts only when the episode ended on it
-            final_answer=state.traces[-1].turn.answer if state.termination == "answer" else None,
-            format_valid=trajectory_format_valid([t.turn for t in state.traces]),
+            final_answer=records[-1].answer if state.termination == "answer" else None,
+            format_valid=trajectory_format_valid([g.turn for g in state.generations]),
             episode=EpisodeSummary(
                 num_turns=len(records),
                 total_tokens=sum(sizes),
@@ -443,6 +387,7 @@ class MemPOAgentLoop(AgentLoopBase):
             session_id=None if state.sample.get("session_id") is None else int(state.sample["session_id"]),
             segment_index=index,
             policy=self.policy.name,
+            layout=state.layout.name,
             turns=tuple(turns),
             task_prompt=state.episode.task_prompt,
             questions=state.questions,
@@ -455,15 +400,10 @@ class MemPOAgentLoop(AgentLoopBase):
             **final,
         )
 
-    def _output(self, state: EpisodeState, segment: Segment, num_turns: int) -> AgentLoopOutput:
-        traces = [state.traces[t.turn_index] for t in segment.turns]
-        if state.full is not None:
-            prompt_ids = state.full.prompt_ids
-            response_ids = state.full.token_ids[len(prompt_ids) :]
-            mask, logprobs = state.full.response_mask, state.full.response_logprobs
-        else:
-            prompt_ids, response_ids = traces[0].prompt_ids, traces[0].response_ids
-            mask, logprobs = [1] * len(response_ids), traces[0].logprobs
+    def _output(self, state: EpisodeState, row: Row, segment: Segment, num_turns: int) -> AgentLoopOutput:
+        generations = [state.generations[t] for t in row.turns]
+        prompt_ids, response_ids = row.prompt_ids, row.response_ids
+        mask, logprobs = row.response_mask, row.response_logprobs
         if not response_ids:
             # why: verl writes the reward at response index -1 (AgentLoopOutput.as_dict); an empty generation
             # becomes one eos token with mask 0, trained on nothing
@@ -471,12 +411,12 @@ class MemPOAgentLoop(AgentLoopBase):
             logprobs = [0.0] if logprobs is not None else None
         extra_fields = segment.to_extra_fields()
         # verl's staleness tags read the weight versions from each row's extra_fields (agent_loop_tq.py)
-        extra_fields["min_global_steps"] = traces[0].server_fields.get("min_global_steps")
-        extra_fields["max_global_steps"] = traces[-1].server_fields.get("max_global_steps")
-        preempted = [t.num_preempted for t in traces if t.num_preempted >= 0]
+        extra_fields["min_global_steps"] = generations[0].server_fields.get("min_global_steps")
+        extra_fields["max_global_steps"] = generations[-1].server_fields.get("max_global_steps")
+        preempted = [t.num_preempted for t in generations if t.num_preempted >= 0]
         metrics = AgentLoopMetrics(
-            generate_sequences=sum(t.generate_s for t in traces),
-            tool_calls=sum(t.tool_s for t in traces),
+            generate_sequences=sum(t.generate_s for t in generations),
+            tool_calls=sum(t.tool_s for t in generations),
             num_preempted=sum(preempted) if preempted else -1,
         )
         return AgentLoopOutput(

@@ -1,7 +1,7 @@
 """Context policies: which earlier turns the model sees when it writes turn t. Pure functions of strings.
 
 MemPO (arXiv 2603.00680) rewrites the context every turn; ReAct / Search-R1 append to it (DESIGN §3 "context at
-turn t"). With ``history`` the turns 0..t-1 of the episode (``ContextTurn``), turn t sees:
+turn t"). With ``history`` the turns 0..t-1 of the episode (``turns.TurnRecord``), turn t sees:
 
     memory  system: task prompt
             user:   questions, turns-left hint, then for each of the last k turns (k = ``retain_turns``):
@@ -11,8 +11,10 @@ turn t"). With ``history`` the turns 0..t-1 of the episode (``ContextTurn``), tu
     full    system: task prompt; user: questions + hint; then assistant: turn 0 text; user: <information>o_0
             </information> + hint; … (every turn appended, as verl's ToolAgentLoop does)
 
-Under ``memory``/``mem1`` each turn is its own training segment whose prompt is this context; under ``full`` the
-trajectory is one segment (the agent loop appends tokens instead of re-rendering: ``ContextPolicy.single_segment``).
+Each policy also names its segment layout (``ContextPolicy.layout``, chosen here once): under ``memory``/``mem1``
+each turn is its own training segment whose prompt is this context (``per_turn``); under ``full`` the trajectory is
+one growing sequence, one segment (``sequence``: the agent loop appends tokens instead of re-rendering,
+``layout.py``).
 
 Notation: t is the 0-based index of the turn being written; ``max_turns`` T; turns left (this one included) is
 T - t. A message is ``{"role": "system" | "user" | "assistant", "content": str}``.
@@ -22,18 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mempo_verl.config import ContextConfig, ContextPolicyName
-from mempo_verl.protocol import (
-    DEFAULT_TAGS,
-    Message,
-    TagSet,
-    ToolCall,
-    render_block,
-    render_information,
-    render_tool_call,
-)
+from mempo_verl.protocol import DEFAULT_TAGS, Message, TagSet, render_information
+from mempo_verl.turns import TurnRecord, render_earlier_turn
+
+SegmentLayoutName = Literal["per_turn", "sequence"]
+"""How a session's turns become training rows (``layout.py``): one row per turn, or one growing sequence."""
 
 
 @dataclass(frozen=True)
@@ -46,22 +44,6 @@ class EpisodeContext:
     """The question(s) as shown (``render_questions``); the memory-credit contexts use the same text."""
     max_turns: int
     """T, the episode's turn limit (for the turns-left hint)."""
-
-
-@dataclass(frozen=True)
-class ContextTurn:
-    """One earlier turn as later contexts show it."""
-
-    text: str
-    """The turn's raw model text, end-of-text strings stripped (shown whole under ``full``)."""
-    memory: str | None
-    """The ``<mem>`` content shown to later turns: the written memory, cut to its token budget; None without one."""
-    think: str | None
-    """The ``<think>`` content, or None."""
-    tool_call: ToolCall | None
-    """The turn's tool call, or None."""
-    observation: str | None
-    """The environment's reply, unwrapped; None when the turn had no tool call run."""
 
 
 def render_questions(questions: Sequence[str]) -> str:
@@ -80,27 +62,13 @@ def turns_left_hint(config: ContextConfig, turns_left: int) -> str | None:
     return config.turns_left_template.format(turns_left=turns_left)
 
 
-def render_retained_turn(turn: ContextTurn, *, keep_think: bool, keep_call: bool, tags: TagSet) -> str:
-    """A retained turn's blocks, one per line: ``<mem>``, optional ``<think>`` and call, then ``<information>``."""
-    blocks = []
-    if turn.memory is not None:
-        blocks.append(render_block("mem", turn.memory, tags))
-    if keep_think and turn.think is not None:
-        blocks.append(render_block("think", turn.think, tags))
-    if keep_call and turn.tool_call is not None:
-        blocks.append(render_tool_call(turn.tool_call, tags))
-    if turn.observation is not None:
-        blocks.append(render_information(turn.observation, tags))
-    return "\n".join(blocks)
-
-
 def _user_content(parts: Sequence[str | None]) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
 def memory_messages(
     episode: EpisodeContext,
-    history: Sequence[ContextTurn],
+    history: Sequence[TurnRecord],
     config: ContextConfig,
     tags: TagSet = DEFAULT_TAGS,
     *,
@@ -115,9 +83,7 @@ def memory_messages(
         retain = int(config.retain_turns)
     keep_call = config.keep_call if keep_call is None else keep_call
     retained = history[-retain:] if retain is not None and history else history
-    blocks = [
-        render_retained_turn(turn, keep_think=config.keep_think, keep_call=keep_call, tags=tags) for turn in retained
-    ]
+    blocks = [render_earlier_turn(turn, tags, keep_think=config.keep_think, keep_call=keep_call) for turn in retained]
     hint = turns_left_hint(config, episode.max_turns - len(history))
     return [
         {"role": "system", "content": episode.task_prompt},
@@ -126,14 +92,14 @@ def memory_messages(
 
 
 def mem1_messages(
-    episode: EpisodeContext, history: Sequence[ContextTurn], config: ContextConfig, tags: TagSet = DEFAULT_TAGS
+    episode: EpisodeContext, history: Sequence[TurnRecord], config: ContextConfig, tags: TagSet = DEFAULT_TAGS
 ) -> list[Message]:
     """MEM1: the latest memory, the latest tool call and its information (``memory`` with k = 1, call kept)."""
     return memory_messages(episode, history, config, tags, retain=1, keep_call=True)
 
 
 def full_messages(
-    episode: EpisodeContext, history: Sequence[ContextTurn], config: ContextConfig, tags: TagSet = DEFAULT_TAGS
+    episode: EpisodeContext, history: Sequence[TurnRecord], config: ContextConfig, tags: TagSet = DEFAULT_TAGS
 ) -> list[Message]:
     """ReAct / Search-R1: every earlier turn as an assistant message, its information as the next user message.
 
@@ -155,11 +121,19 @@ def full_messages(
     return messages
 
 
-_POLICIES: dict[ContextPolicyName, Callable[[EpisodeContext, Sequence[ContextTurn], ContextConfig, TagSet], list]] = {
+_POLICIES: dict[ContextPolicyName, Callable[[EpisodeContext, Sequence[TurnRecord], ContextConfig, TagSet], list]] = {
     "memory": memory_messages,
     "mem1": mem1_messages,
     "full": full_messages,
 }
+
+POLICY_LAYOUTS: dict[ContextPolicyName, SegmentLayoutName] = {
+    "memory": "per_turn",
+    "mem1": "per_turn",
+    # why: full's contexts are append-only (``full_messages``), so the trajectory is one sequence
+    "full": "sequence",
+}
+"""Each policy's segment layout: the one place that knows which policy lays its turns out how."""
 
 
 @dataclass(frozen=True)
@@ -174,11 +148,11 @@ class ContextPolicy:
         return self.config.policy
 
     @property
-    def single_segment(self) -> bool:
-        """True under ``full``: the trajectory is one growing sequence, hence one training segment."""
-        return self.config.policy == "full"
+    def layout(self) -> SegmentLayoutName:
+        """The policy's segment layout (``POLICY_LAYOUTS``)."""
+        return POLICY_LAYOUTS[self.config.policy]
 
-    def messages(self, episode: EpisodeContext, history: Sequence[ContextTurn]) -> list[Message]:
+    def messages(self, episode: EpisodeContext, history: Sequence[TurnRecord]) -> list[Message]:
         if len(history) >= episode.max_turns:
             raise ValueError(f"turn {len(history)} is past max_turns={episode.max_turns}")
         return _POLICIES[self.config.policy](episode, history, self.config, self.tags)

@@ -8,8 +8,11 @@ MemPO, arXiv 2603.00680 (https://arxiv.org/abs/2603.00680), §3; DESIGN §3 rows
 
 The gold answer ``a`` is written as the model would write it, ``<answer>{gold}</answer>``, and teacher-forced right
 after the scoring context's generation prompt. This module builds those teacher-forced *scoring sequences* (pure,
-model-free: the trainer scores the same sequences through verl's actor), and holds the math on their log-probs.
-``token_logprobs`` / ``score_answer_probability`` are the CPU and test path with a transformers causal LM.
+model-free: the trainer scores the same sequences through verl's actor), plans them for a batch of segments
+(``plan_memory_credit``: a segment's ``credited_turn`` gets R^M, its session's earlier ``turns.TurnRecord``s are
+s_<t, and the session's task prompt, question, gold answer and tools are the segment's), and holds the math on
+their log-probs. ``token_logprobs`` / ``score_answer_probability`` are the CPU and test path with a transformers
+causal LM.
 
 Notation:
     B   scoring sequences in a batch (one per ``<mem>`` segment, or per baseline context)
@@ -23,14 +26,16 @@ Log-prob convention (``token_logprobs``): position i holds log π(input_ids[i] |
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mempo_verl.config import BaselineMode
-from mempo_verl.protocol import DEFAULT_TAGS, Message, TagSet, render_answer, render_information
+from mempo_verl.protocol import DEFAULT_TAGS, Message, TagSet, render_answer
+from mempo_verl.segments import Segment
+from mempo_verl.turns import TurnRecord, render_earlier_turn
 
 logger = logging.getLogger(__name__)
 
@@ -41,35 +46,12 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HistoryTurn:
-    """One earlier turn of the uncompressed history s_<t (the ``prefix`` baseline's context)."""
-
-    text: str
-    """The turn's raw model text, tags included: ``<mem>…</mem><think>…</think><tool_call>…</tool_call>``."""
-    observation: str | None = None
-    """The environment's reply to the turn, *unwrapped* (``render_information`` adds the tags), or ``None``."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.text, str):
-            raise TypeError(f"HistoryTurn.text must be a string, got {type(self.text).__name__}")
-        if self.observation is not None and not isinstance(self.observation, str):
-            raise TypeError(f"HistoryTurn.observation must be a string or None, got {type(self.observation).__name__}")
-
-
 def _scoring_messages(task_prompt: str, question: str, blocks: Sequence[str]) -> list[Message]:
     """system = task prompt; user = the question, then each context block, separated by blank lines."""
     return [
         {"role": "system", "content": task_prompt},
         {"role": "user", "content": "\n\n".join([question, *blocks])},
     ]
-
-
-def render_history_turn(turn: HistoryTurn, tags: TagSet = DEFAULT_TAGS) -> str:
-    """The turn's model text, then its ``<information>…</information>`` on the next line (if it has one)."""
-    if turn.observation is None:
-        return turn.text
-    return f"{turn.text}\n{render_information(turn.observation, tags)}"
 
 
 def question_scoring_messages(task_prompt: str, question: str) -> list[Message]:
@@ -81,7 +63,7 @@ def memory_scoring_messages(task_prompt: str, question: str, memory: str, tags: 
     """Context of P[ans | q, mem_t] (Eq. 5, first term): the question, then ``<mem>{memory}</mem>``.
 
     ``memory`` is the content of the turn's ``<mem>`` block as later contexts show it (cut to its token budget,
-    ``TurnRecord.memory_in_context``), so R^M credits what the policy will read; a turn without one has no R^M
+    ``turns.TurnRecord.memory_in_context``), so R^M credits what the policy will read; a turn without one has no R^M
     (DESIGN §3), so it never reaches here. It is model output and may hold stray tags (a malformed turn's
     ``<mem>`` can contain ``<tool_call>``): it is wrapped verbatim, as the model wrote it, since the scoring
     context is read by the model, never parsed back (``render_block`` would refuse it).
@@ -90,29 +72,31 @@ def memory_scoring_messages(task_prompt: str, question: str, memory: str, tags: 
 
 
 def history_scoring_messages(
-    task_prompt: str, question: str, history: Sequence[HistoryTurn], tags: TagSet = DEFAULT_TAGS
+    task_prompt: str, question: str, history: Sequence[TurnRecord], tags: TagSet = DEFAULT_TAGS
 ) -> list[Message]:
     """Context of P[ans | q, s_<t] (ε_t, ``baseline="prefix"``): the question, then every turn < t in full.
 
     t = 1 has an empty history, which gives exactly ``question_scoring_messages`` (ε_1 = P[ans | q]).
     """
-    return _scoring_messages(task_prompt, question, [render_history_turn(turn, tags) for turn in history])
+    # each turn as the model wrote it, then its <information> on the next line (s_<t uncompressed)
+    blocks = [render_earlier_turn(turn, tags, verbatim=True) for turn in history]
+    return _scoring_messages(task_prompt, question, blocks)
 
 
-def _prefix_baseline(task_prompt: str, question: str, history: Sequence[HistoryTurn], tags: TagSet) -> list[Message]:
+def _prefix_baseline(task_prompt: str, question: str, history: Sequence[TurnRecord], tags: TagSet) -> list[Message]:
     return history_scoring_messages(task_prompt, question, history, tags)
 
 
-def _question_baseline(task_prompt: str, question: str, history: Sequence[HistoryTurn], tags: TagSet) -> list[Message]:
+def _question_baseline(task_prompt: str, question: str, history: Sequence[TurnRecord], tags: TagSet) -> list[Message]:
     return question_scoring_messages(task_prompt, question)
 
 
-def _no_baseline(task_prompt: str, question: str, history: Sequence[HistoryTurn], tags: TagSet) -> None:
+def _no_baseline(task_prompt: str, question: str, history: Sequence[TurnRecord], tags: TagSet) -> None:
     # ε = 0: nothing to score; the caller passes a zero baseline to memory_reward
     return None
 
 
-_BASELINE_CONTEXTS: dict[BaselineMode, Callable[[str, str, Sequence[HistoryTurn], TagSet], list[Message] | None]] = {
+_BASELINE_CONTEXTS: dict[BaselineMode, Callable[[str, str, Sequence[TurnRecord], TagSet], list[Message] | None]] = {
     "prefix": _prefix_baseline,
     "question": _question_baseline,
     "none": _no_baseline,
@@ -123,7 +107,7 @@ def baseline_scoring_messages(
     mode: BaselineMode,
     task_prompt: str,
     question: str,
-    history: Sequence[HistoryTurn],
+    history: Sequence[TurnRecord],
     tags: TagSet = DEFAULT_TAGS,
 ) -> list[Message] | None:
     """Context whose answer probability is ε_t (Eq. 5), or ``None`` for ``mode="none"`` (ε_t = 0)."""
@@ -379,31 +363,6 @@ def score_answer_probability(
 
 
 @dataclass(frozen=True)
-class SegmentTurn:
-    """What memory credit reads of one training row (one turn of a session under the memory context policies)."""
-
-    session: Any
-    """Hashable id of the row's session; rows of one session share it."""
-    turn_index: int
-    """0-based turn of the row inside its session."""
-    text: str
-    """The turn's model text (s_<t of later turns is rebuilt from it)."""
-    observation: str | None
-    """The environment's reply to the turn, unwrapped, or None."""
-    memory: str | None
-    """The turn's ``<mem>`` content as later turns see it (``TurnRecord.memory_in_context``: cut to
-    ``mempo.context.memory_token_budget``); None: no ``<mem>``, so no R^M (DESIGN §3: the segment gets A^T only)."""
-    task_prompt: str
-    question: str
-    """The question(s) as shown to the model."""
-    gold_answer: str | None
-    """The gold answer text; None: nothing to teacher-force, no R^M."""
-    tools: tuple[dict[str, Any], ...] = ()
-    """The tool schemas the rollout's chat template received (``Segment.tool_schemas``): the scoring contexts pass
-    them too (the system turn lists them), so they open exactly as the rollout contexts did."""
-
-
-@dataclass(frozen=True)
 class MemoryCreditPlan:
     """Sequences to score and how their answer probabilities map back to rows.
 
@@ -425,23 +384,28 @@ class MemoryCreditPlan:
     history left, is longer than ``max_length`` (the segment gets A^T only)."""
 
 
-def session_histories(rows: Sequence[SegmentTurn | None]) -> dict[Any, list[SegmentTurn]]:
-    """Each session's turns in turn order, checked complete: turn indices 0, 1, …, n-1, each once.
+def session_histories(
+    segments: Sequence[Segment | None], sessions: Sequence[Hashable]
+) -> dict[Hashable, list[TurnRecord]]:
+    """Each session's credited turns in turn order, checked complete: turn indices 0, 1, …, n-1, each once.
 
     s_<t of the ``prefix`` baseline is rebuilt from the session's earlier rows, so a missing (or doubled) turn would
     silently shorten (or repeat) the history. verl stores every output of a session in the same step, so a gap is
     a bug upstream: it raises, naming the session and the turns it has.
 
     Args:
-        rows: `(B,)` per batch row, or None for rows without memory credit (skipped).
+        segments: `(B,)` per batch row; None for padding rows, skipped as are rows without a credited turn
+            (``Segment.credited_turn``: the ``sequence`` layout).
+        sessions: `(B,)` hashable id of each row's session; rows of one session share it.
 
     Returns:
-        ``{session: [SegmentTurn, …]}`` sorted by ``turn_index``.
+        ``{session: [TurnRecord, …]}`` sorted by ``turn_index``.
     """
-    history: dict[Any, list[SegmentTurn]] = {}
-    for row in rows:
-        if row is not None:
-            history.setdefault(row.session, []).append(row)
+    history: dict[Hashable, list[TurnRecord]] = {}
+    for segment, session in zip(segments, sessions, strict=True):
+        turn = segment.credited_turn if segment is not None else None
+        if turn is not None:
+            history.setdefault(session, []).append(turn)
     for session, turns in history.items():
         turns.sort(key=lambda turn: turn.turn_index)
         indices = [turn.turn_index for turn in turns]
@@ -455,17 +419,31 @@ def session_histories(rows: Sequence[SegmentTurn | None]) -> dict[Any, list[Segm
     return history
 
 
+def _credited_memory(segment: Segment | None) -> str | None:
+    """The memory the row's R^M credits, or None: no credited turn (padding, ``sequence`` layout), no ``<mem>``,
+    or no gold answer to teacher-force (R^M undefined: the row gets A^T only, DESIGN §3)."""
+    turn = segment.credited_turn if segment is not None else None
+    if turn is None or turn.mem_span is None or not (segment.gold_answer or "").strip():
+        return None
+    # R^M credits the memory later turns read: cut to mempo.context.memory_token_budget when over it
+    return turn.memory_in_context
+
+
 def plan_memory_credit(
-    rows: Sequence[SegmentTurn | None],
+    segments: Sequence[Segment | None],
+    sessions: Sequence[Hashable],
     tokenizer: Any,
     baseline: BaselineMode = "prefix",
     tags: TagSet = DEFAULT_TAGS,
     max_length: int | None = None,
 ) -> MemoryCreditPlan:
-    """Build the scoring sequences of Eq. 5 for every row with a ``<mem>`` and a gold answer.
+    """Build the scoring sequences of Eq. 5 for every row with a credited ``<mem>`` and a gold answer.
 
     Args:
-        rows: `(B,)` per batch row, or None for rows without memory credit (padding rows, ``full``-policy rows).
+        segments: `(B,)` per batch row, or None for rows without memory credit (padding rows). A row is credited
+            through ``Segment.credited_turn`` (none under the ``sequence`` layout); the session's task prompt,
+            question, gold answer and tool schemas are the segment's.
+        sessions: `(B,)` hashable id of each row's session (s_<t is rebuilt from its earlier rows).
         tokenizer: fast tokenizer of the policy.
         baseline: ε_t mode, see ``BaselineMode``.
         tags: tag names.
@@ -478,13 +456,13 @@ def plan_memory_credit(
             * a memory context [task, q, mem_t] over it, or an ε context over it with no turn left, leaves the row
               without R^M (A^T only, as a row without ``<mem>``; counted in ``too_long``).
 
-    Each row's sequences are built with its own ``tools`` (``SegmentTurn.tools``), as at rollout.
+    Each row's sequences are built with its segment's ``tool_schemas``, as at rollout.
     """
     if baseline not in _BASELINE_CONTEXTS:
         raise ValueError(f"baseline mode {baseline!r} is unknown; choose one of {list(_BASELINE_CONTEXTS)}")
     if max_length is not None and max_length < 2:
         raise ValueError(f"plan_memory_credit: max_length must be >= 2 tokens (or None), got {max_length}")
-    history = session_histories(rows)
+    history = session_histories(segments, sessions)
 
     index_of: dict[tuple[int, ...], int] = {}
     sequences: list[ScoringSequence] = []
@@ -497,13 +475,16 @@ def plan_memory_credit(
 
     memory_rows, memory_sequence, baseline_sequence = [], [], []
     eps_truncated = too_long = 0
-    for row_index, row in enumerate(rows):
-        if row is None or row.memory is None or not (row.gold_answer or "").strip():
+    for row_index, (segment, session) in enumerate(zip(segments, sessions, strict=True)):
+        memory_text = _credited_memory(segment)
+        if memory_text is None:
             continue  # no <mem> or no gold: R^M undefined, the row gets A^T only
-        earlier = [HistoryTurn(t.text, t.observation) for t in history[row.session] if t.turn_index < row.turn_index]
-        memory_messages = memory_scoring_messages(row.task_prompt, row.question, row.memory, tags)
-        memory = build_scoring_sequence(tokenizer, memory_messages, row.gold_answer, tags, tools=list(row.tools))
-        fitted = _fitted_baseline(row, earlier, tokenizer, baseline, tags, max_length)
+        turn_index = segment.credited_turn.turn_index
+        earlier = [turn for turn in history[session] if turn.turn_index < turn_index]
+        memory_messages = memory_scoring_messages(segment.task_prompt, segment.question_text, memory_text, tags)
+        tools = list(segment.tool_schemas)
+        memory = build_scoring_sequence(tokenizer, memory_messages, segment.gold_answer, tags, tools=tools)
+        fitted = _fitted_baseline(segment, earlier, tokenizer, baseline, tags, max_length)
         if (max_length is not None and len(memory.input_ids) > max_length) or fitted is None:
             too_long += 1  # why: a context past the window has no P under the policy; A^T only, never a crash
             continue
@@ -518,8 +499,8 @@ def plan_memory_credit(
 
 
 def _fitted_baseline(
-    row: SegmentTurn,
-    earlier: Sequence[HistoryTurn],
+    segment: Segment,
+    earlier: Sequence[TurnRecord],
     tokenizer: Any,
     baseline: BaselineMode,
     tags: TagSet,
@@ -533,10 +514,11 @@ def _fitted_baseline(
     """
 
     def build(k: int) -> ScoringSequence | None:
-        messages = baseline_scoring_messages(baseline, row.task_prompt, row.question, earlier[k:], tags)
+        messages = baseline_scoring_messages(baseline, segment.task_prompt, segment.question_text, earlier[k:], tags)
         if messages is None:
             return None
-        return build_scoring_sequence(tokenizer, messages, row.gold_answer, tags, tools=list(row.tools))
+        tools = list(segment.tool_schemas)
+        return build_scoring_sequence(tokenizer, messages, segment.gold_answer, tags, tools=tools)
 
     def fits(sequence: ScoringSequence | None) -> bool:
         return sequence is None or max_length is None or len(sequence.input_ids) <= max_length

@@ -38,7 +38,6 @@ from mempo_verl.memory_credit import (
     BaselineMode,
     MemoryCredit,
     ScoringSequence,
-    SegmentTurn,
     geometric_mean_prob,
     memory_credit_from_probabilities,
     memory_reward,
@@ -57,32 +56,6 @@ prompt token (``prompt_logprobs=0``: the prompt token's own, no top-k), as verl'
 detokenisation: with cache reads vLLM 0.30 would decode the uninitialised token ids of the cached positions and its
 output handler dies (OverflowError in ``convert_ids_list_to_tokens``, vllm/v1/engine/logprobs.py:146-148; seen here),
 while ids and log-probs are all a score needs."""
-
-
-def segment_turns(segments: Sequence[Segment | None], sessions: Sequence[Any]) -> list[SegmentTurn | None]:
-    """What memory credit reads of each row; None for rows it skips (padding, the `full` policy's whole-history
-    rows: their A^M has no single `<mem>` to credit, DESIGN §3)."""
-    rows: list[SegmentTurn | None] = []
-    for segment, session in zip(segments, sessions, strict=True):
-        if segment is None or len(segment.turns) != 1:
-            rows.append(None)
-            continue
-        turn = segment.turns[0]
-        rows.append(
-            SegmentTurn(
-                session=session,
-                turn_index=turn.turn_index,
-                text=turn.text,
-                observation=turn.observation,
-                # R^M credits the memory later turns read: cut to mempo.context.memory_token_budget when over it
-                memory=turn.memory_in_context if turn.mem_span is not None else None,
-                task_prompt=segment.task_prompt,
-                question=segment.question_text,
-                gold_answer=segment.gold_answer,
-                tools=segment.tool_schemas,
-            )
-        )
-    return rows
 
 
 def answer_token_logprobs(
@@ -183,7 +156,8 @@ async def score_session(
         max_length: the scoring window (``config.scoring_window``); see ``plan_memory_credit`` for the length policy.
         tags: tag names.
     """
-    plan = plan_memory_credit(segment_turns(segments, [0] * len(segments)), tokenizer, baseline, tags, max_length)
+    # one session: every row shares its session id
+    plan = plan_memory_credit(segments, [0] * len(segments), tokenizer, baseline, tags, max_length)
     probabilities, computed, retries = await score_sequences(generate, request_id, plan.sequences)
     credit = memory_credit_from_probabilities(plan, probabilities, len(segments))
     scored = [

@@ -1,18 +1,20 @@
 """Segment metadata: what each training row (one ``AgentLoopOutput``) carries in verl's ``extra_fields``.
 
-One segment per turn under the ``memory`` policies, one per trajectory under ``full`` (DESIGN §1, §3). verl 0.9.1
+One segment per turn under the ``per_turn`` layout (``memory``, ``mem1``), one per trajectory under ``sequence``
+(``full``) (DESIGN §1, §3; ``layout.py``). verl 0.9.1
 stores ``extra_fields`` whole per TransferQueue row and merges the last output's into the reward function's
 ``extra_info`` (VERL_NOTES.md "Measured here"), so:
 
-- everything MemPO's trainer needs per segment sits under one key, ``extra_fields["mempo"]`` (``Segment``): the
-  turn's memory and its token span, the raw turn text and observation (s_<t is rebuilt from the session's earlier
-  segments), questions, task prompt, tool schemas, gold answer, token counts;
+- everything MemPO's trainer needs per segment sits under one key, ``extra_fields["mempo"]`` (``Segment``): its
+  turns (``turns.TurnRecord``, the loop's own records: memory, token spans, text and observation, so s_<t is
+  rebuilt from the session's earlier segments), its layout, and the session's questions, task prompt, tool
+  schemas and gold answer;
 - the reward contract of ``rewards.compute_score`` sits flat on the last segment: ``final_answer``,
   ``format_valid``, ``reward_mode``, ``answer_normalization``.
 
 Notation: a segment's response ids have length T; spans are half-open token index ranges ``[start, end)`` into
 them; ``turn_index`` is 0-based within the session (the ``{index}`` of verl's row key ``{uid}_{session}_{index}``
-under the memory policies).
+under the per-turn layout).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
+from mempo_verl.context import SegmentLayoutName
+from mempo_verl.turns import TurnRecord
 from mempo_verl.values import as_python
 
 EXTRA_FIELDS_KEY = "mempo"
@@ -38,51 +42,6 @@ TerminationReason = Literal[
 """Why an episode ended; recorded on its last segment."""
 
 TERMINATION_REASONS: tuple[TerminationReason, ...] = get_args(TerminationReason)
-
-
-@dataclass(frozen=True)
-class TurnRecord:
-    """One model turn inside a segment (under ``memory`` a segment holds exactly one)."""
-
-    turn_index: int
-    """0-based index of the turn in its session."""
-    text: str
-    """The decoded turn, end-of-text strings stripped: ``HistoryTurn.text`` when rebuilding s_<t."""
-    observation: str | None
-    """The environment's reply, unwrapped (``HistoryTurn.observation``); None when no tool ran."""
-    observation_ok: bool | None
-    """False when the tool call failed (reported in the observation text); None when no tool ran."""
-    observation_error: str | None
-    """Machine-readable failure kind of a failed call (``Observation.error``), else None."""
-    observation_metrics: dict[str, float]
-    """``Observation.metrics`` of the call (e.g. retrieval latency and attempts); {} when no tool ran."""
-    action: Literal["tool_call", "answer"] | None
-    """The valid turn's action; None for a malformed turn."""
-    tool_call: dict[str, Any] | None
-    """``{"name": …, "arguments": {…}}`` of a parsed tool call, else None."""
-    answer: str | None
-    """The ``<answer>`` content, else None."""
-    memory: str | None
-    """The ``<mem>`` content as written; None without a ``<mem>`` block (R^M undefined: A^T only, DESIGN §3)."""
-    memory_in_context: str | None
-    """The memory later contexts showed: ``memory`` cut to its token budget."""
-    memory_truncated: bool
-    """True when ``memory_in_context`` is a cut of ``memory``."""
-    mem_span: tuple[int, int] | None
-    """``[start, end)`` of the ``<mem>…</mem>`` block in the segment's response ids, tags included."""
-    response_span: tuple[int, int]
-    """``[start, end)`` of this turn's generated ids in the segment's response ids."""
-    prompt_tokens: int
-    """Tokens of the context the turn was generated from."""
-    completion_tokens: int
-    """Tokens the model generated for the turn."""
-    format_errors: tuple[str, ...] = ()
-    """``ParseError.kind`` of every format error of the turn."""
-
-    @property
-    def memory_tokens(self) -> int:
-        """Generated tokens of the ``<mem>`` block (tags included); 0 without one."""
-        return 0 if self.mem_span is None else self.mem_span[1] - self.mem_span[0]
 
 
 @dataclass(frozen=True)
@@ -142,8 +101,11 @@ class Segment:
     """0-based index of the row in its session (``{index}``)."""
     policy: str
     """The context policy that produced it (``memory``, ``mem1``, ``full``)."""
+    layout: SegmentLayoutName
+    """How the session's turns became rows (``context.POLICY_LAYOUTS``): ``per_turn`` (one turn per row) or
+    ``sequence`` (one row for the trajectory)."""
     turns: tuple[TurnRecord, ...]
-    """The turns whose generated ids are in this row's response: one under memory policies, all under ``full``."""
+    """The turns whose generated ids are in this row's response: one under ``per_turn``, all under ``sequence``."""
     task_prompt: str
     """The environment's task prompt (system message of every context and of the memory-credit contexts)."""
     questions: tuple[str, ...]
@@ -180,10 +142,20 @@ class Segment:
     def __post_init__(self) -> None:
         if not self.turns:
             raise ValueError("a segment holds at least one turn")
+        if self.layout not in get_args(SegmentLayoutName):
+            raise ValueError(f"layout={self.layout!r}; allowed: {', '.join(get_args(SegmentLayoutName))}")
+        if self.layout == "per_turn" and len(self.turns) != 1:
+            raise ValueError(f"a per_turn segment holds one turn, got {len(self.turns)}")
         if self.termination is not None and self.termination not in TERMINATION_REASONS:
             raise ValueError(f"termination={self.termination!r}; allowed: {', '.join(TERMINATION_REASONS)}")
         if self.is_last and (self.termination is None or self.format_valid is None or self.episode is None):
             raise ValueError("the last segment needs termination, format_valid and episode")
+
+    @property
+    def credited_turn(self) -> TurnRecord | None:
+        """The turn whose ``<mem>`` this row's R^M and A^M credit: its one turn under ``per_turn``; None under
+        ``sequence``, whose row holds the whole history with no single ``<mem>`` to credit (DESIGN §3: A^T only)."""
+        return self.turns[0] if self.layout == "per_turn" else None
 
     def to_extra_fields(self) -> dict[str, Any]:
         """``{"mempo": {...}}`` plus, on the last segment, the flat reward keys ``rewards.compute_score`` reads."""
@@ -202,23 +174,13 @@ class Segment:
         """Rebuild from a row's ``extra_fields`` (also accepts the inner ``mempo`` dict itself)."""
         data = extra_fields.get(EXTRA_FIELDS_KEY, extra_fields)
         data = dict(as_python(data))
-        data["turns"] = tuple(_turn_from_dict(t) for t in data["turns"])
+        data["turns"] = tuple(TurnRecord.from_dict(t) for t in data["turns"])
         data["questions"] = tuple(data["questions"])
         data["tool_schemas"] = tuple(data.get("tool_schemas") or ())
         for key, kind in (("episode", EpisodeSummary), ("credit", SegmentCredit), ("credit_stats", CreditStats)):
             if data.get(key) is not None:
                 data[key] = kind(**data[key])
         return cls(**data)
-
-
-def _turn_from_dict(data: Mapping[str, Any]) -> TurnRecord:
-    data = dict(data)
-    for key in ("mem_span", "response_span"):
-        if data.get(key) is not None:
-            data[key] = tuple(int(i) for i in data[key])
-    data["format_errors"] = tuple(data.get("format_errors") or ())
-    data["observation_metrics"] = dict(data.get("observation_metrics") or {})
-    return TurnRecord(**data)
 
 
 # ---------------------------------------------------------------------------------------------------------------

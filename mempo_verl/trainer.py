@@ -58,7 +58,7 @@ from mempo_verl.memory_credit import (
     plan_memory_credit,
 )
 from mempo_verl.metrics import credit_metrics, episode_metrics, rollout_scoring_metrics
-from mempo_verl.rollout_credit import memory_credit_from_segments, segment_turns
+from mempo_verl.rollout_credit import memory_credit_from_segments
 from mempo_verl.segments import Segment
 from mempo_verl.values import as_python
 
@@ -88,9 +88,10 @@ def memory_token_mask(segments: list[Segment | None], response_lengths: list[int
     """`(B, T)` 1 on the response tokens of each memory segment's `<mem>…</mem>` block (tags included)."""
     mask = torch.zeros(len(segments), width, dtype=torch.int64)
     for row, (segment, length) in enumerate(zip(segments, response_lengths, strict=True)):
-        if segment is None or len(segment.turns) != 1 or segment.turns[0].mem_span is None:
-            continue
-        start, end = segment.turns[0].mem_span
+        turn = segment.credited_turn if segment is not None else None
+        if turn is None or turn.mem_span is None:
+            continue  # padding, a `sequence` row (no single <mem> to credit) or no <mem>: A^T only
+        start, end = turn.mem_span
         mask[row, start : min(end, length)] = 1
     return mask
 
@@ -118,7 +119,7 @@ def dump_credit(
                 "segment_index": segment.segment_index,
                 "is_last": segment.is_last,
                 "question": segment.question_text,
-                "mem_span": segment.turns[0].mem_span if len(segment.turns) == 1 else None,
+                "mem_span": segment.credited_turn.mem_span if segment.credited_turn is not None else None,
                 "reward": rewards[row].item(),
                 "has_memory": bool(credit.has_memory[row]),
                 "memory_reward": credit.memory_reward[row].item() if credit.has_memory[row] else None,
@@ -307,9 +308,9 @@ class MemPOTrainer(PPOTrainerSync):
             metrics["timing_s/memory_credit"] = time.perf_counter() - started
             return credit
         # α = 0 (GRPO in memory format): A^M is never used, so nothing is scored
-        rows = segment_turns(segments, sessions) if self.mempo.credit.alpha != 0 else [None] * len(segments)
+        rows = segments if self.mempo.credit.alpha != 0 else [None] * len(segments)
         plan = plan_memory_credit(
-            rows, self.tokenizer, self.mempo.credit.baseline, self.mempo.tags, max_length=self.scoring_window
+            rows, sessions, self.tokenizer, self.mempo.credit.baseline, self.mempo.tags, max_length=self.scoring_window
         )
         if plan.sequences:
             probabilities = self._answer_probabilities(plan.sequences, partition_id)

@@ -31,33 +31,26 @@ from pathlib import Path
 from typing import Any
 
 from mempo_verl.config import MemPOConfig
-from mempo_verl.context import ContextPolicy, ContextTurn, EpisodeContext
-from mempo_verl.protocol import Message, ToolCall, parse_turn
+from mempo_verl.context import ContextPolicy, EpisodeContext
+from mempo_verl.protocol import Message
 from mempo_verl.segments import Segment
 
 logger = logging.getLogger(__name__)
 
 
 def turn_messages(segments: Sequence[Segment], mempo: MemPOConfig) -> list[list[Message]]:
-    """The chat messages each turn of one session was generated from (memory policies: one turn per segment).
+    """The chat messages each turn of one session was generated from (``per_turn`` layout: a segment a turn).
 
-    Rebuilds the context history as ``MemPOAgentLoop._commit_turn`` does (the memory as later turns saw it, the
-    think, the call, the observation) and asks the same ``ContextPolicy`` for turn t's messages.
+    Replays the session's recorded turns (``turns.TurnRecord``, the records ``MemPOAgentLoop`` committed and its
+    context policy rendered from) through the same ``ContextPolicy``, for turn t's messages.
     """
-    if mempo.context.policy == "full":
-        raise ValueError("SFT rows are built per turn; mempo.context.policy=full keeps one growing sequence")
     policy = ContextPolicy(mempo.context, mempo.tags)
+    if policy.layout != "per_turn":
+        raise ValueError(f"SFT rows are built per turn; mempo.context.policy={policy.name} keeps one growing sequence")
     first = segments[0]
     episode = EpisodeContext(first.task_prompt, first.question_text, mempo.agent.max_turns)
-    history: list[ContextTurn] = []
-    contexts = []
-    for segment in segments:
-        for record in segment.turns:
-            contexts.append(policy.messages(episode, history))
-            call = ToolCall(**record.tool_call) if record.tool_call is not None else None
-            think = parse_turn(record.text, mempo.tags).think
-            history.append(ContextTurn(record.text, record.memory_in_context, think, call, record.observation))
-    return contexts
+    turns = [turn for segment in segments for turn in segment.turns]
+    return [policy.messages(episode, turns[:t]) for t in range(len(turns))]
 
 
 def sft_row(context: Sequence[Message], turn_text: str, tools: Sequence[Mapping[str, Any]], **meta: Any) -> dict:

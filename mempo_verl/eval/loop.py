@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mempo_verl.config import ContextPolicyName, MemPOConfig
+from mempo_verl.context import POLICY_LAYOUTS
 from mempo_verl.eval.config import EvalConfig
 
 AGENT_NAME = "mempo_agent"
@@ -48,12 +49,14 @@ def trainer_config(config: EvalConfig, method: ContextPolicyName) -> DictConfig:
     """verl's composed config for ``method``: the eval budgets and sampling in ``rollout``, a ``mempo:`` section
     (session-end scoring off, ``NO_SESSION_SCORING``; ``config.overrides`` last).
 
-    ``memory`` / ``mem1`` bound each turn's context by ``prompt_length`` and its generation by ``turn_tokens``;
-    ``full`` appends every turn to one sequence, so its response budget is the whole trajectory's
+    The policy's segment layout (``context.POLICY_LAYOUTS``) sets the budgets: ``per_turn`` (``memory`` /
+    ``mem1``) bounds each turn's context by ``prompt_length`` and its generation by ``turn_tokens``; ``sequence``
+    (``full``) appends every turn to one sequence, so its response budget is the whole trajectory's
     (``full_response_length``) and ``turn_tokens`` caps each turn through ``mempo.agent.max_turn_tokens``.
     """
     budget, sampling = config.budget, config.sampling
-    response_length = budget.full_response_length if method == "full" else budget.turn_tokens
+    # one growing sequence holds the whole trajectory's generations; a per-turn row holds one turn's
+    response_length = budget.full_response_length if POLICY_LAYOUTS[method] == "sequence" else budget.turn_tokens
     rollout = {
         "prompt_length": budget.prompt_length,
         "response_length": response_length,

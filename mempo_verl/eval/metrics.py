@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from mempo_verl.eval.config import ObjectiveScore
 from mempo_verl.rewards import AnswerScore
-from mempo_verl.segments import TERMINATION_REASONS, Segment, TurnRecord
+from mempo_verl.segments import TERMINATION_REASONS, Segment
+from mempo_verl.turns import TurnRecord
 
 FORMAT_ERROR_TERMINATIONS: frozenset[str] = frozenset({"format_error", "unknown_tool", "undecodable", "truncated"})
 """Terminations caused by a malformed turn (the model broke the format), as opposed to budgets (``max_turns``,

@@ -126,7 +126,7 @@ def turn_traces(
                     "blocks": {
                         "mem": parsed.mem,
                         "think": parsed.think,
-                        "tool_call": turn.tool_call,
+                        "tool_call": asdict(turn.tool_call) if turn.tool_call is not None else None,
                         "answer": parsed.answer,
                     },
                     "action": turn.action,

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from mempo_verl.memory_credit import (
-    HistoryTurn,
     build_scoring_sequence,
     history_scoring_messages,
     memory_scoring_messages,
@@ -99,7 +98,7 @@ def expected_credit(tokenizer, model, segments):
         turn = segment.turns[0]
         tools = list(segment.tool_schemas)
         memory = memory_scoring_messages(segment.task_prompt, segment.question_text, turn.memory_in_context)
-        earlier = [HistoryTurn(s.turns[0].text, s.turns[0].observation) for s in segments[:t]]
+        earlier = [s.turns[0] for s in segments[:t]]
         history = history_scoring_messages(segment.task_prompt, segment.question_text, earlier)
         pair = [build_scoring_sequence(tokenizer, m, segment.gold_answer, tools=tools) for m in (memory, history)]
         expected.append(tuple(reference_probability(model, s) for s in pair))

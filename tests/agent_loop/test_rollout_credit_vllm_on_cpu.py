@@ -19,7 +19,7 @@ from mempo_verl.memory_credit import (
     question_scoring_messages,
     score_answer_probability,
 )
-from mempo_verl.rollout_credit import score_sequences, segment_turns
+from mempo_verl.rollout_credit import score_sequences
 from mempo_verl.testing.scoring import peaked, play_oracle_sessions, reference_probability, vllm_cpu_server
 
 TOLERANCE = 1e-4  # issue 11: max |ΔP| rollout vs actor in fp32 on CPU
@@ -56,7 +56,7 @@ def test_rollout_scorer_matches_the_actor_scorer_on_the_same_sessions(peaked_wor
     pairs, scored, computed = [], 0, 0  # (rollout P, actor P) of every P[ans | .] of the sessions
     for segments in sessions:
         # the actor scorer's computation on the same sequences: the plan, scored by the fp32 model in one pass
-        plan = plan_memory_credit(segment_turns(segments, [0] * len(segments)), tokenizer, "prefix")
+        plan = plan_memory_credit(segments, [0] * len(segments), tokenizer, "prefix")
         actor = score_answer_probability(model, plan.sequences).double()
         for position, row in enumerate(plan.memory_rows):
             credit = segments[row].credit

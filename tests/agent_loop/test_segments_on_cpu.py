@@ -7,16 +7,16 @@ import random
 import pytest
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from mempo_verl.protocol import parse_turn
+from mempo_verl.protocol import ToolCall, parse_turn
 from mempo_verl.segments import (
     EXTRA_FIELDS_KEY,
     EpisodeSummary,
     Segment,
-    TurnRecord,
     decode_ids,
     memory_token_span,
     undecodable_ids,
 )
+from mempo_verl.turns import TurnRecord
 
 TURNS = [
     "<mem>Paris is the capital.</mem>\n<think>ok</think>\n<answer>Paris</answer>",
@@ -108,16 +108,17 @@ def _record(i: int, **overrides) -> TurnRecord:
     values = dict(
         turn_index=i,
         text=f"<mem>m{i}</mem>",
+        memory=f"m{i}",
+        memory_in_context=f"m{i}",
+        memory_truncated=False,
+        think="t",
+        action="tool_call",
+        tool_call=ToolCall("search", {"query": "q", "k": [1, 2]}),
+        answer=None,
         observation=f"o{i}",
         observation_ok=True,
         observation_error=None,
         observation_metrics={"latency_s": 0.5},
-        action="tool_call",
-        tool_call={"name": "search", "arguments": {"query": "q", "k": [1, 2]}},
-        answer=None,
-        memory=f"m{i}",
-        memory_in_context=f"m{i}",
-        memory_truncated=False,
         mem_span=(0, 5),
         response_span=(0, 9),
         prompt_tokens=100,
@@ -140,6 +141,7 @@ def _segment(is_last: bool) -> Segment:
         session_id=3,
         segment_index=1 if is_last else 0,
         policy="memory",
+        layout="per_turn",
         turns=(_record(1, action="answer", tool_call=None, answer="Paris", observation=None),)
         if is_last
         else (_record(0),),
@@ -160,6 +162,9 @@ def test_extra_fields_round_trip_through_json(is_last):
     assert json.loads(json.dumps(fields)) == fields  # plain JSON-able values
     assert Segment.from_extra_fields(json.loads(json.dumps(fields))) == segment
     assert Segment.from_extra_fields(fields[EXTRA_FIELDS_KEY]) == segment
+    # the tool call is stored as verl's JSON object and read back as the parser's ToolCall
+    stored = fields[EXTRA_FIELDS_KEY]["turns"][0]["tool_call"]
+    assert stored == (None if is_last else {"name": "search", "arguments": {"query": "q", "k": [1, 2]}})
     # the reward contract sits flat on the last segment only (rewards.compute_score reads it)
     reward_keys = {"final_answer", "format_valid", "reward_mode"}
     assert (reward_keys <= set(fields)) is is_last
@@ -175,7 +180,17 @@ def test_numpy_values_are_accepted():
 
 def test_segment_validation():
     with pytest.raises(ValueError, match="at least one turn"):
-        Segment(None, None, 0, "memory", (), "T", ("Q",), "Q", None, "all_em", is_last=False)
+        Segment(None, None, 0, "memory", "per_turn", (), "T", ("Q",), "Q", None, "all_em", is_last=False)
     with pytest.raises(ValueError, match="last segment needs"):
-        Segment(None, None, 0, "memory", (_record(0),), "T", ("Q",), "Q", None, "all_em", is_last=True)
+        Segment(None, None, 0, "memory", "per_turn", (_record(0),), "T", ("Q",), "Q", None, "all_em", is_last=True)
+    # a per-turn row holds exactly one turn; the layout is a closed choice
+    with pytest.raises(ValueError, match="per_turn segment holds one turn"):
+        Segment(None, None, 0, "memory", "per_turn", (_record(0), _record(1)), "T", ("Q",), "Q", None, "all_em", False)
+    with pytest.raises(ValueError, match="layout='rows'"):
+        Segment(None, None, 0, "memory", "rows", (_record(0),), "T", ("Q",), "Q", None, "all_em", is_last=False)
+    # a turn rebuilt from malformed JSON is refused, not rendered silently wrong
+    with pytest.raises(TypeError, match="tool_call must be a ToolCall"):
+        _record(0, tool_call={"name": "search", "arguments": {}})
+    with pytest.raises(TypeError, match="observation must be a string"):
+        _record(0, observation=["o"])
     assert _record(0).memory_tokens == 5 and _record(0, mem_span=None).memory_tokens == 0

@@ -1,23 +1,34 @@
 """Context policies (pure): what turn t sees under memory (k = 1, 3, all), mem1 and full; memory token budget."""
 
+import dataclasses
+
 import pytest
 
 from mempo_verl.config import ContextConfig
 from mempo_verl.context import (
+    POLICY_LAYOUTS,
     ContextPolicy,
-    ContextTurn,
     EpisodeContext,
     render_questions,
     truncate_to_token_budget,
     turns_left_hint,
 )
 from mempo_verl.protocol import TagSet, ToolCall
+from mempo_verl.testing.turns import turn_record
+from mempo_verl.turns import TurnRecord
 
 EPISODE = EpisodeContext(task_prompt="TASK", question_text="Q?", max_turns=5)
 
 
-def _turn(i: int) -> ContextTurn:
-    return ContextTurn(
+def _record(text: str, memory: str | None, think: str | None, tool_call: ToolCall | None, observation: str | None):
+    """A committed turn with what context policies read (the memory is shown as written: no budget cut)."""
+    return turn_record(
+        text=text, memory=memory, memory_in_context=memory, think=think, tool_call=tool_call, observation=observation
+    )
+
+
+def _turn(i: int) -> TurnRecord:
+    return _record(
         text=f"<mem>m{i}</mem>\n<think>t{i}</think>\n<tool_call>call{i}</tool_call>",
         memory=f"m{i}",
         think=f"t{i}",
@@ -84,7 +95,7 @@ def test_mem1_is_memory_k1_plus_the_last_call():
 
 def test_full_appends_every_turn_and_is_append_only():
     policy = ContextPolicy(ContextConfig(policy="full"))
-    assert policy.single_segment
+    assert policy.layout == "sequence"  # one growing sequence: the agent loop appends, one segment
     previous = policy.messages(EPISODE, [])
     for t in range(1, len(HISTORY) + 1):
         messages = policy.messages(EPISODE, HISTORY[:t])
@@ -99,9 +110,23 @@ def test_full_appends_every_turn_and_is_append_only():
 
 
 def test_full_refuses_a_turn_without_observation_before_another():
-    silent = ContextTurn("<mem>m</mem><answer>x</answer>", memory="m", think=None, tool_call=None, observation=None)
+    silent = _record("<mem>m</mem><answer>x</answer>", memory="m", think=None, tool_call=None, observation=None)
     with pytest.raises(ValueError, match="no observation"):
         ContextPolicy(ContextConfig(policy="full")).messages(EPISODE, [silent])
+
+
+def test_each_policy_names_its_segment_layout():
+    # the rewriting policies lay out one row per turn; full's append-only contexts make one sequence
+    assert POLICY_LAYOUTS == {"memory": "per_turn", "mem1": "per_turn", "full": "sequence"}
+    assert ContextPolicy(ContextConfig(policy="mem1")).layout == "per_turn"
+
+
+def test_retained_turn_shows_the_memory_later_contexts_read():
+    # a memory cut to its token budget: the context shows the cut (memory_in_context), not the written memory
+    cut = dataclasses.replace(_turn(0), memory="m0 and much more", memory_in_context="m0")
+    assert _user(ContextPolicy(ContextConfig()).messages(EPISODE, [cut])).endswith(
+        "<mem>m0</mem>\n<information>o0</information>"
+    )
 
 
 def test_hint_off_and_custom_template_and_custom_tags():
@@ -121,7 +146,7 @@ def test_no_context_past_max_turns():
 
 
 def test_memory_without_mem_block_shows_only_information():
-    no_mem = ContextTurn(text="x", memory=None, think=None, tool_call=None, observation="o")
+    no_mem = _record(text="x", memory=None, think=None, tool_call=None, observation="o")
     user = _user(ContextPolicy(ContextConfig()).messages(EPISODE, [no_mem]))
     assert user.endswith("Turns left: 4 (this one included).\n\n<information>o</information>")
 

@@ -9,26 +9,19 @@ from mempo_verl.eval.metrics import example_metrics, objective_score, token_tota
 from mempo_verl.eval.records import EvalRecord, ExampleError
 from mempo_verl.eval.report import summarize
 from mempo_verl.rewards import score_answer
-from mempo_verl.segments import EpisodeSummary, Segment, TurnRecord
+from mempo_verl.segments import EpisodeSummary, Segment
+from mempo_verl.testing.turns import turn_record
 
 GOLDS = [["Paris"], ["1889", "in the year 1889"]]
 
 
 def turn(index, prompt, completion, mem=None, start=0):
     """A turn record with ``prompt`` context and ``completion`` generated tokens; ``mem`` = its <mem> length."""
-    return TurnRecord(
-        turn_index=index,
-        text="…",
-        observation=None,
-        observation_ok=None,
-        observation_error=None,
-        observation_metrics={},
-        action="answer",
-        tool_call=None,
-        answer=None,
+    return turn_record(
+        index,
+        "…",
         memory="m" if mem else None,
-        memory_in_context=None,
-        memory_truncated=False,
+        action="answer",
         mem_span=(start, start + mem) if mem else None,
         response_span=(start, start + completion),
         prompt_tokens=prompt,
@@ -53,6 +46,7 @@ def episode(policy, turns_per_segment, *, answer, termination="answer"):
                 session_id=0,
                 segment_index=i,
                 policy=policy,
+                layout="sequence" if policy == "full" else "per_turn",
                 turns=tuple(turns),
                 task_prompt="task",
                 questions=("q1", "q2"),

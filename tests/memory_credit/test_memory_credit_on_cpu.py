@@ -1,5 +1,6 @@
 """Memory credit (MemPO Eq. 4-5): scoring contexts, teacher-forced sequences, geometric-mean P, R^M, LM scoring."""
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -8,9 +9,7 @@ import torch
 
 from mempo_verl.config import BASELINE_MODES
 from mempo_verl.memory_credit import (
-    HistoryTurn,
     ScoringSequence,
-    SegmentTurn,
     baseline_scoring_messages,
     build_scoring_sequence,
     collate_scoring_sequences,
@@ -24,12 +23,21 @@ from mempo_verl.memory_credit import (
     score_answer_probability,
     token_logprobs,
 )
+from mempo_verl.segments import Segment
+from mempo_verl.testing.turns import turn_record
+from mempo_verl.turns import TurnRecord
 
 LN = math.log
 TASK = "Answer the question. Use the search tool."
 QUESTION = "What is the capital of France?"
 TURN_1 = '<mem>need capital</mem><think>search</think><tool_call>{"name": "search", "arguments": {}}</tool_call>'
 TURN_2 = "<mem>France; capital?</mem><think>again</think><tool_call>{}</tool_call>"
+
+
+def _record(turn: int, text: str, observation: str | None, memory: str | None = None) -> TurnRecord:
+    """A committed turn with what memory credit reads: its text, observation and (shown) memory."""
+    mem_span = None if memory is None else (0, 3)
+    return turn_record(turn, text, observation=observation, memory=memory, memory_in_context=memory, mem_span=mem_span)
 
 
 # ------------------------------------------------------------------ geometric_mean_prob (Eq. 4)
@@ -122,14 +130,14 @@ def test_memory_and_question_messages():
 
 
 def test_history_messages_keep_every_turn_in_full():
-    history = [HistoryTurn(TURN_1, "Doc 1: Paris is the capital."), HistoryTurn(TURN_2, None)]
+    history = [_record(0, TURN_1, "Doc 1: Paris is the capital."), _record(1, TURN_2, None)]
     user = history_scoring_messages(TASK, QUESTION, history)[1]["content"]
     # question, blank line, turn 1 text + its information on the next line, blank line, turn 2 (no observation)
     assert user == (f"{QUESTION}\n\n{TURN_1}\n<information>Doc 1: Paris is the capital.</information>\n\n{TURN_2}")
 
 
 def test_baseline_modes():
-    history = [HistoryTurn(TURN_1, "Doc 1")]
+    history = [_record(0, TURN_1, "Doc 1")]
     question_only = question_scoring_messages(TASK, QUESTION)
     assert BASELINE_MODES == ("prefix", "question", "none")
     # prefix: the full history s_<t
@@ -266,7 +274,7 @@ def test_collate_hand_case():
 @pytest.fixture(scope="module")
 def sequences(tokenizer):
     """Three sequences of different lengths: memory context, question-only, full history."""
-    history = [HistoryTurn(TURN_1, "Doc 1: Paris is the capital of France."), HistoryTurn(TURN_2, "Doc 2")]
+    history = [_record(0, TURN_1, "Doc 1: Paris is the capital of France."), _record(1, TURN_2, "Doc 2")]
     contexts = [
         (memory_scoring_messages(TASK, QUESTION, "capital of France = Paris"), "Paris"),
         (question_scoring_messages(TASK, QUESTION), "New York City; 1969"),
@@ -318,17 +326,28 @@ def test_score_answer_probability_matches_loop(tiny_model, sequences):
 # --- batch plan: which sequences are scored for which rows --------------------------------------------------------
 
 
-def _segment_turn(session, turn, memory, text=None, observation="obs"):
-    return SegmentTurn(
-        session=session,
-        turn_index=turn,
-        text=text or f"<mem>{memory}</mem><think>t</think><answer>x</answer>",
-        observation=observation,
-        memory=memory,
+def _segment_turn(session, turn, memory, text=None, observation="obs", layout="per_turn") -> Segment:
+    """One row of a session (its ``uid``): a per-turn segment, as the agent loop writes it."""
+    text = text or f"<mem>{memory}</mem><think>t</think><answer>x</answer>"
+    return Segment(
+        uid=session,
+        session_id=0,
+        segment_index=turn,
+        policy="memory" if layout == "per_turn" else "full",
+        layout=layout,
+        turns=(_record(turn, text, observation, memory),),
         task_prompt="Task.",
-        question="Q?",
+        questions=("Q?",),
+        question_text="Q?",
         gold_answer="Paris",
+        reward_mode="all_em",
+        is_last=False,
     )
+
+
+def _sessions(rows):
+    """Each row's session id (the segment's uid; padding rows get their own)."""
+    return [row.uid if row is not None else "padding" for row in rows]
 
 
 def test_plan_dedups_shared_baselines_and_skips_rows_without_memory(tokenizer):
@@ -339,23 +358,41 @@ def test_plan_dedups_shared_baselines_and_skips_rows_without_memory(tokenizer):
         _segment_turn("B", 1, None),  # no <mem>: A^T only
         None,  # padding row
     ]
-    plan = plan_memory_credit(rows, tokenizer, baseline="prefix")
+    plan = plan_memory_credit(rows, _sessions(rows), tokenizer, baseline="prefix")
     assert plan.memory_rows == (0, 1, 2)
     # A0 and B0 share ε_1 = P[ans | q]; A1's ε is the history of A0. Unique: mem A0, q, mem A1, hist A0, mem B0
     assert len(plan.sequences) == 5
     assert plan.baseline_sequence[0] == plan.baseline_sequence[2]
     q_only = build_scoring_sequence(tokenizer, question_scoring_messages("Task.", "Q?"), "Paris")
     assert plan.sequences[plan.baseline_sequence[0]] == q_only
-    history = history_scoring_messages("Task.", "Q?", [HistoryTurn(rows[0].text, "obs")])
+    history = history_scoring_messages("Task.", "Q?", [rows[0].turns[0]])
     assert plan.sequences[plan.baseline_sequence[1]] == build_scoring_sequence(tokenizer, history, "Paris")
 
-    none_plan = plan_memory_credit(rows, tokenizer, baseline="none")
+    none_plan = plan_memory_credit(rows, _sessions(rows), tokenizer, baseline="none")
     assert none_plan.baseline_sequence == (None, None, None) and len(none_plan.sequences) == 3
+
+
+def test_plan_skips_sequence_rows_and_reads_the_memory_later_turns_see(tokenizer):
+    # a `sequence` row (full policy) holds the whole history: no single <mem> to credit, A^T only (DESIGN §3)
+    sequence = _segment_turn("S", 0, "m-s0", layout="sequence")
+    assert sequence.credited_turn is None
+    # a memory over its token budget: R^M scores what later contexts show, s_<t keeps the turn as written
+    written = "Aldmark capital Velmora founded 1203 by the Tavren Guild"
+    cut = _segment_turn("A", 0, written)
+    cut = dataclasses.replace(cut, turns=(dataclasses.replace(cut.turns[0], memory_in_context="Aldmark capital"),))
+    rows = [sequence, cut, _segment_turn("A", 1, "m-a1")]
+    plan = plan_memory_credit(rows, _sessions(rows), tokenizer, baseline="prefix")
+    assert plan.memory_rows == (1, 2)
+    shown = build_scoring_sequence(tokenizer, memory_scoring_messages("Task.", "Q?", "Aldmark capital"), "Paris")
+    assert plan.sequences[plan.memory_sequence[0]] == shown
+    user = f"Q?\n\n<mem>{written}</mem><think>t</think><answer>x</answer>\n<information>obs</information>"
+    history = [{"role": "system", "content": "Task."}, {"role": "user", "content": user}]
+    assert plan.sequences[plan.baseline_sequence[1]] == build_scoring_sequence(tokenizer, history, "Paris")
 
 
 def test_credit_scatters_probabilities_to_rows(tokenizer):
     rows = [_segment_turn("A", 0, "m-a0"), None, _segment_turn("A", 1, "m-a1")]
-    plan = plan_memory_credit(rows, tokenizer, baseline="prefix")
+    plan = plan_memory_credit(rows, _sessions(rows), tokenizer, baseline="prefix")
     probabilities = torch.arange(len(plan.sequences), dtype=torch.float32) / 10
     credit = memory_credit_from_probabilities(plan, probabilities, num_rows=3)
     assert credit.has_memory.tolist() == [True, False, True]
@@ -374,7 +411,7 @@ def test_memory_with_stray_tags_is_scored_verbatim(tokenizer):
     messages = memory_scoring_messages("Task.", "Q?", memory)
     assert messages[1]["content"] == f"Q?\n\n<mem>{memory}</mem>"
     rows = [_segment_turn("A", 0, memory)]
-    assert plan_memory_credit(rows, tokenizer).memory_rows == (0,)
+    assert plan_memory_credit(rows, _sessions(rows), tokenizer).memory_rows == (0,)
 
 
 def test_prefix_baseline_holds_every_earlier_turn(tokenizer):
@@ -386,7 +423,7 @@ def test_prefix_baseline_holds_every_earlier_turn(tokenizer):
     ]
     observations = ["Doc A", "Doc B", None]
     rows = [_segment_turn("A", t, f"m{t}", text=texts[t], observation=observations[t]) for t in range(3)]
-    plan = plan_memory_credit(rows, tokenizer, baseline="prefix")
+    plan = plan_memory_credit(rows, _sessions(rows), tokenizer, baseline="prefix")
     # written out by hand: the user message of s_<2 (question, blank line, each earlier turn and its information)
     user_2 = (
         "Q?\n\n"
@@ -417,7 +454,7 @@ def test_incomplete_session_history_is_an_error(tokenizer, turns, message):
     # a session whose turn 1 is not in the batch would score turn 2's ε on turn 0 alone: a silently short s_<t
     rows = [_segment_turn("A", t, f"m{t}") for t in turns]
     with pytest.raises(ValueError, match=rf"session 'A' has {message}"):
-        plan_memory_credit(rows, tokenizer, baseline="prefix")
+        plan_memory_credit(rows, _sessions(rows), tokenizer, baseline="prefix")
 
 
 # --- the length policy: ε contexts beyond the scoring window --------------------------------------------------------
@@ -432,8 +469,8 @@ def _long_session(tokenizer):
 
 def test_eps_over_the_window_keeps_the_newest_turns_that_fit(tokenizer):
     rows = _long_session(tokenizer)
-    full = plan_memory_credit(rows, tokenizer, baseline="prefix")
-    turn_0, turn_1 = (HistoryTurn(r.text, r.observation) for r in rows[:2])
+    full = plan_memory_credit(rows, _sessions(rows), tokenizer, baseline="prefix")
+    turn_0, turn_1 = (r.turns[0] for r in rows[:2])
     # the lengths, measured independently: ε_2 over both turns, over turn 1 only, and the memory contexts
     both = len(
         build_scoring_sequence(tokenizer, history_scoring_messages("Task.", "Q?", [turn_0, turn_1]), "Paris").input_ids
@@ -441,7 +478,7 @@ def test_eps_over_the_window_keeps_the_newest_turns_that_fit(tokenizer):
     newest = build_scoring_sequence(tokenizer, history_scoring_messages("Task.", "Q?", [turn_1]), "Paris")
     assert len(newest.input_ids) < both
     window = len(newest.input_ids)  # fits [turn 1] exactly, not [turn 0, turn 1]
-    plan = plan_memory_credit(rows, tokenizer, baseline="prefix", max_length=window)
+    plan = plan_memory_credit(rows, _sessions(rows), tokenizer, baseline="prefix", max_length=window)
     # every row keeps its R^M; ε_2 is scored on turn 1 alone (the oldest turn dropped), ε_1 on turn 0 (it fits)
     assert plan.memory_rows == (0, 1, 2) and plan.too_long == 0
     assert plan.sequences[plan.baseline_sequence[2]] == newest
@@ -458,7 +495,9 @@ def test_a_context_that_never_fits_leaves_the_row_without_memory_credit(tokenize
     question = build_scoring_sequence(tokenizer, question_scoring_messages("Task.", "Q?"), "Paris")
     assert len(question.input_ids) < len(memory_0.input_ids)
     # one token short of every memory context: no row gets R^M, none crashes, all three are counted
-    plan = plan_memory_credit(rows, tokenizer, baseline="prefix", max_length=len(memory_0.input_ids) - 1)
+    plan = plan_memory_credit(
+        rows, _sessions(rows), tokenizer, baseline="prefix", max_length=len(memory_0.input_ids) - 1
+    )
     assert plan.memory_rows == () and plan.sequences == () and plan.too_long == 3
     with pytest.raises(ValueError, match="max_length must be >= 2"):
-        plan_memory_credit(rows, tokenizer, max_length=1)
+        plan_memory_credit(rows, _sessions(rows), tokenizer, max_length=1)

@@ -14,7 +14,6 @@ from mempo_verl import agent_loop
 from mempo_verl.advantage import MemPOAdvantage
 from mempo_verl.config import MemPOConfig
 from mempo_verl.memory_credit import (
-    HistoryTurn,
     MemoryCredit,
     build_scoring_sequence,
     history_scoring_messages,
@@ -23,8 +22,8 @@ from mempo_verl.memory_credit import (
     question_scoring_messages,
 )
 from mempo_verl.metrics import credit_metrics, episode_metrics
-from mempo_verl.rollout_credit import segment_turns
-from mempo_verl.segments import EpisodeSummary, Segment, TurnRecord
+from mempo_verl.protocol import ToolCall
+from mempo_verl.segments import EpisodeSummary, Segment
 from mempo_verl.trainer import (
     MemPOTrainer,
     dump_credit,
@@ -33,22 +32,24 @@ from mempo_verl.trainer import (
     rows_per_mini_batch,
     scoring_row,
 )
+from mempo_verl.turns import TurnRecord
 
 
 def _turn(index: int, memory: str | None = "m", mem_span=(0, 3), **kw) -> TurnRecord:
     values = dict(
         turn_index=index,
         text=f"<mem>{memory}</mem>" if memory else "no tags",
+        memory=memory,
+        memory_in_context=memory,
+        memory_truncated=False,
+        think=None,
+        action="tool_call",
+        tool_call=ToolCall("search", {"query": "q"}),
+        answer=None,
         observation=f"o{index}",
         observation_ok=True,
         observation_error=None,
         observation_metrics={},
-        action="tool_call",
-        tool_call={"name": "search", "arguments": {"query": "q"}},
-        answer=None,
-        memory=memory,
-        memory_in_context=memory,
-        memory_truncated=False,
         mem_span=mem_span if memory else None,
         response_span=(0, 6),
         prompt_tokens=100,
@@ -81,6 +82,7 @@ def _segment(index: int, turns, is_last=False, policy="memory", peak=106, tool_s
         session_id=0,
         segment_index=index,
         policy=policy,
+        layout="sequence" if policy == "full" else "per_turn",
         turns=tuple(turns),
         task_prompt="Task.",
         questions=("Q?",),
@@ -93,27 +95,21 @@ def _segment(index: int, turns, is_last=False, policy="memory", peak=106, tool_s
     )
 
 
-def test_segment_turns_skip_padding_and_full_policy_rows():
+def test_memory_credit_skips_padding_sequence_rows_and_rows_without_memory(tokenizer):
+    trainer = object.__new__(MemPOTrainer)  # only the memory-credit step: no workers, no TransferQueue
+    trainer.mempo = MemPOConfig.from_config({"credit": {"baseline": "question", "scorer": "actor"}})
+    trainer.tokenizer, trainer.scoring_window = tokenizer, None
+    trainer._answer_probabilities = lambda sequences, partition_id: torch.full((len(sequences),), 0.5)
     segments = [
         _segment(0, [_turn(0)]),
-        _segment(1, [_turn(1, memory=None)], is_last=True),
+        _segment(1, [_turn(1, memory=None)], is_last=True),  # no <mem>: no R^M, A^T only
         None,  # padding row
-        _segment(0, [_turn(0), _turn(1)], is_last=True, policy="full"),
+        _segment(0, [_turn(0), _turn(1)], is_last=True, policy="full"),  # a whole-history row: no single <mem>
     ]
-    rows = segment_turns(segments, ["s0", "s0", "pad", "s1"])
-    assert rows[0].memory == "m" and rows[0].session == "s0" and rows[0].observation == "o0"
-    assert rows[1].memory is None  # no <mem>: no R^M, A^T only
-    assert rows[2] is None and rows[3] is None  # padding; a whole-history row has no single <mem> to credit
-
-
-def test_memory_credit_scores_the_memory_later_turns_see():
-    # a memory over mempo.context.memory_token_budget is cut where later contexts show it: R^M scores the cut text
-    written = "Aldmark capital Velmora founded 1203 by the Tavren Guild"
-    shown = "Aldmark capital Velmora"  # what the agent loop recorded as shown to later turns
-    turn = _turn(0, memory=written, memory_in_context=shown, memory_truncated=True)
-    (row,) = segment_turns([_segment(0, [turn])], ["s0"])
-    assert row.memory == shown
-    assert row.text == f"<mem>{written}</mem>"  # s_<t of later turns keeps the turn as written (full history)
+    metrics = {}
+    credit = trainer._memory_credit(segments, [("u", 0), ("u", 0), ("pad", 0), ("u", 1)], "train", metrics)
+    assert credit.has_memory.tolist() == [True, False, False, False]
+    assert metrics["mempo/memory_credit/segments"] == 1
 
 
 def test_memory_credit_reads_tool_schemas_from_the_segments_not_the_environment(monkeypatch, tokenizer):
@@ -154,6 +150,9 @@ def test_memory_token_mask_marks_the_mem_span_within_the_response():
     assert mask.tolist() == [[0, 1, 1, 1, 0, 0], [0] * 6, [0] * 6]
     # a span past the stored response (cut at response_length) is clipped, never out of bounds
     assert memory_token_mask([_segment(0, [_turn(0, mem_span=(4, 9))])], [5], 6).tolist() == [[0, 0, 0, 0, 1, 0]]
+    # a `sequence` row (full policy) gets A^T only: no <mem> token of it is marked
+    whole = _segment(0, [_turn(0), _turn(1)], is_last=True, policy="full")
+    assert memory_token_mask([whole], [6], 6).tolist() == [[0] * 6]
 
 
 def test_scoring_row_has_the_fields_verl_actor_reads(tokenizer):
@@ -310,7 +309,7 @@ def test_memory_credit_counts_eps_contexts_cut_to_the_window(tokenizer):
     trainer._memory_credit(segments, [("u", 0)] * 3, "train", metrics)
     assert metrics["mempo/credit_eps_truncated"] == 0
     longest = metrics["mempo/memory_credit/scored_tokens"]
-    one_turn = [HistoryTurn(segments[0].turns[0].text, segments[0].turns[0].observation)]
+    one_turn = [segments[0].turns[0]]
     epsilon_1 = build_scoring_sequence(tokenizer, history_scoring_messages("Task.", "Q?", one_turn), "Paris")
     trainer.scoring_window = len(epsilon_1.input_ids)  # ε_1 (one long observation) fits, ε_2 (two) does not
     credit = trainer._memory_credit(segments, [("u", 0)] * 3, "train", metrics)
@@ -381,7 +380,7 @@ def test_actor_scoring_path_matches_a_loop_over_the_gold_tokens(monkeypatch, tok
     trainer.actor_rollout_wg = _FakeActor(model, store, dp_size=2)
     texts = ["<mem>need capital</mem><think>s</think><tool_call>{}</tool_call>", "<mem>France</mem><think>s</think>"]
     segments = [_segment(t, [_turn(t, memory=m, text=texts[t])]) for t, m in enumerate(["need capital", "France"])]
-    plan = plan_memory_credit(segment_turns(segments, [("u", 0)] * 2), tokenizer, "prefix")
+    plan = plan_memory_credit(segments, [("u", 0)] * 2, tokenizer, "prefix")
     assert len(plan.sequences) == 4  # two memory contexts, ε_1 = P[ans | q], ε_2 over turn 0
     probabilities = trainer._answer_probabilities(plan.sequences, "train")
     expected = torch.tensor([reference_probability(model, s) for s in plan.sequences], dtype=torch.float64)
