@@ -21,6 +21,7 @@ import pytest
 
 from mempo_verl.retrieval.cli import main as retriever_cli
 from mempo_verl.testing.faults import KillOnLine
+from mempo_verl.testing.wandb_records import read_wandb_history
 
 pytestmark = pytest.mark.e2e
 
@@ -135,6 +136,7 @@ def test_a_retriever_killed_and_restarted_mid_run_costs_failed_lookups_not_the_r
         "mempo.env.name=synthetic_served",
         f"+mempo.env.kwargs.url={url}",
         "mempo.run.timeout_s=0",
+        "trainer.logger=[console,file,wandb]",  # WANDB_MODE=offline (conftest.trainer_env)
     ]
     pythonpath = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
     try:
@@ -153,3 +155,10 @@ def test_a_retriever_killed_and_restarted_mid_run_costs_failed_lookups_not_the_r
     # every session of step 2 looked something up (the model's first turn is a lookup) and was refused at least once
     assert unavailable[OUTAGE_STEP] >= 1.0, unavailable
     assert failures[OUTAGE_STEP] >= unavailable[OUTAGE_STEP], failures  # they are env failures too
+    # issue 12 item 5: wandb (offline) holds every step's mempo/* metrics as the file logger wrote them
+    (wandb_file,) = (tmp_path / "wandb-retriever-outage").glob("wandb/offline-run-*/run-*.wandb")
+    history = read_wandb_history(wandb_file)
+    assert sorted(history) == [1, 2, 3, 4], sorted(history)
+    for step, logged in run.metrics.items():
+        expected = {key: value for key, value in logged.items() if key.startswith("mempo/")}
+        assert expected and {key: history[step].get(key) for key in expected} == pytest.approx(expected), step

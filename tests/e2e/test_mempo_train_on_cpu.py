@@ -80,17 +80,23 @@ def test_logged_metrics_include_the_mempo_quantities(tiny_world):
         assert tiny_world.run_of(step).metric(step, "mempo/memory_credit/segments") > 0, step
 
 
-def test_the_wandb_logger_recorded_every_step_the_file_logger_did(tiny_world):
-    # both processes ran with trainer.logger=[console,file,wandb], WANDB_MODE=offline; the killed one included
+def test_the_wandb_logger_recorded_the_steps_the_file_logger_did(tiny_world):
+    # both processes ran with trainer.logger=[console,file,wandb], WANDB_MODE=offline (a clean run with every step
+    # in wandb is the retriever-outage run of test_faults_on_cpu.py)
     for name, run in (("rl", tiny_world.rl), ("resumed", tiny_world.resumed)):
         files = sorted((run.checkpoint_dir.parent / f"wandb-{name}").glob("wandb/offline-run-*/run-*.wandb"))
         assert len(files) == 1, (name, files)
         history = read_wandb_history(files[0])
-        assert sorted(history) == sorted(run.metrics), name  # validation step 0 included
-        for step, logged in run.metrics.items():
-            mempo = {key: value for key, value in logged.items() if key.startswith("mempo/")}
-            assert mempo or step == 0, (name, step)  # the validation step logs val-core metrics only
-            assert {key: history[step].get(key) for key in mempo} == pytest.approx(mempo), (name, step)
+        for step, logged in history.items():
+            expected = {key: value for key, value in run.metrics[step].items() if key.startswith("mempo/")}
+            assert {key: logged.get(key) for key in expected} == pytest.approx(expected), (name, step)
+        if name == "resumed":  # exited cleanly: wandb holds every step metrics.jsonl does
+            assert sorted(history) == sorted(run.metrics) == [3]
+        else:
+            # SIGKILLed: wandb-core writes its log in buffered blocks, so the steps logged since its last flush are
+            # lost (measured: steps 1-2 gone, step 0 kept), while verl's file logger, flushed a line at a time, kept
+            # them; what wandb kept is a prefix of the run, with the same values
+            assert sorted(history) == sorted(run.metrics)[: len(history)], (sorted(history), sorted(run.metrics))
 
 
 def test_memory_tokens_differ_from_the_rest_by_alpha_times_a_m(tiny_world):
