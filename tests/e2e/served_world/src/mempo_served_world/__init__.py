@@ -28,9 +28,10 @@ TOPK = 10
 
 
 def world_tag(sample: Mapping[str, Any]) -> str:
-    """One token naming the row's world: its split and index (`wtrain17`)."""
+    """One token naming the row's world: its split, objective count and index (`wtrain2i17`; the tiny world's
+    splits number the rows of each k from 0)."""
     info = sample_extra_info(sample)
-    return f"w{info['split']}{info['index']}"
+    return f"w{info['split']}{info['num_objectives']}i{info['index']}"
 
 
 def document_id(tag: str, key: str) -> str:
