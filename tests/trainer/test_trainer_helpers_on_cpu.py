@@ -388,3 +388,18 @@ def test_actor_scoring_path_matches_a_loop_over_the_gold_tokens(monkeypatch, tok
     torch.testing.assert_close(probabilities.double().log(), expected.log(), atol=1e-4, rtol=0)
     # the worker saw 16 rows (4 sequences + 12 copies of the last), every scoring key was cleared
     assert trainer.actor_rollout_wg.row_counts == [16] and len(store.cleared) == 16
+
+
+def test_env_failures_are_counted_by_kind_per_session():
+    refused = dict(observation_ok=False, observation_error="retriever_unavailable")
+    unknown = dict(observation_ok=False, observation_error="not_found")
+    # session 0: two turns refused by a dead retriever; session 1: one unknown name, then a good lookup
+    sessions = [
+        [_segment(0, [_turn(0, **refused)]), _segment(1, [_turn(1, **refused)], is_last=True)],
+        [_segment(0, [_turn(0, **unknown)]), _segment(1, [_turn(1)], is_last=True)],
+    ]
+    segments = [segment for session in sessions for segment in session] + [None]  # a padding row counts nothing
+    metrics = episode_metrics(segments, session_rewards=torch.zeros(5))
+    assert metrics["mempo/env_failures/retriever_unavailable"] == 1.0  # 2 refused calls over 2 sessions
+    assert metrics["mempo/env_failures/not_found"] == 0.5  # 1 over 2
+    assert not any(key.startswith("mempo/env_failures/") and key.endswith("None") for key in metrics)
