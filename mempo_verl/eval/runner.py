@@ -130,8 +130,8 @@ async def run_example(method: str, example: EvalExample, setup: MethodSetup, bac
     try:
         outputs = await loop.run(setup.sampling_params, **kwargs)
         segments = [Segment.from_extra_fields(o.extra_fields) for o in outputs]
-        # each turn's chat messages (memory policies), so correct traces can become SFT rows (data/sft.py)
-        contexts = turn_messages(segments, setup.mempo) if setup.mempo.context.policy != "full" else None
+        # each turn's chat messages (a segment a turn), so correct traces can become SFT rows (data/sft.py)
+        contexts = turn_messages(segments, setup.mempo) if segments[-1].layout == "per_turn" else None
         return EvalRecord(
             **base,
             status="ok",
