@@ -183,6 +183,11 @@ def test_memory_policy_one_segment_per_turn(base_config, tiny_model, tokenizer):
     segs = segments(outputs)
     assert [s.segment_index for s in segs] == [0, 1, 2] and [s.is_last for s in segs] == [False, False, True]
     assert all((s.uid, s.session_id, s.gold_answer, s.policy) == ("u1", 0, "Paris", "memory") for s in segs)
+    # one row per turn: each row's one turn is the one its R^M credits
+    assert all(s.layout == "per_turn" and s.credited_turn == s.turns[0] for s in segs)
+    # the turn is recorded once, with what later contexts render (the call as parsed, the think)
+    assert segs[0].turns[0].tool_call == ToolCall("search", {"query": "capital of France"})
+    assert segs[0].turns[0].think == "I search."
     # memory credit scores with the tool schemas the rollout's chat template received (no environment in the trainer)
     assert all(s.tool_schemas == tuple(_SearchEnv().tool_schemas()) for s in segs)
     last = segs[-1]
@@ -237,6 +242,8 @@ def test_full_policy_is_one_segment_with_context_tokens_masked(base_config, tiny
     assert "<information>Doc 1(Title: capital of France)" in context and "Turns left: 14" in context
     check_mem_spans(tokenizer, out)
     assert (segment.policy, segment.termination, segment.is_last) == ("full", "answer", True)
+    # the layout the policy chose: one sequence, whose row carries no single <mem> to credit (A^T only)
+    assert segment.layout == "sequence" and segment.credited_turn is None
     assert reward(outputs) == 1.0
 
 
