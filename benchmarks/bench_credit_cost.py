@@ -12,7 +12,7 @@ episode:
   question (the question as the query), memory = the answers found so far and the question in progress, then the
   answer turn; the Qwen2.5 BPE (``tiny.qwen_model``, offline), as in the issue-11 measurement.
 
-The plan is the trainer's own (``trainer.segment_turns`` -> ``memory_credit.plan_memory_credit``, ``baseline:
+The plan is the trainer's own (``memory_credit.plan_memory_credit`` over the step's segments, ``baseline:
 prefix``): one P[ans | q, mem_t] and one ε_t = P[ans | q, s_<t] sequence per ``<mem>`` segment, each distinct
 sequence once. Rollout tokens = prompt + response ids of every segment (what generation and verl's old-log-prob
 pass read). Scorer columns (``SCORERS``):
@@ -178,7 +178,6 @@ def measure(source: str, turns: int, episodes: int, repeats: int, path: str, ser
 
     from mempo_verl.memory_credit import ScoringSequence, plan_memory_credit, score_answer_probability, token_logprobs
     from mempo_verl.segments import Segment
-    from mempo_verl.trainer import segment_turns
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     sessions = SOURCES[source][1](tokenizer, path, turns, episodes)
@@ -186,7 +185,7 @@ def measure(source: str, turns: int, episodes: int, repeats: int, path: str, ser
     segments = [Segment.from_extra_fields(o.extra_fields) for o in outputs]
     session_ids = [index for index, session in enumerate(sessions) for _ in session]
     started = time.perf_counter()
-    plan = plan_memory_credit(segment_turns(segments, session_ids), tokenizer, "prefix")
+    plan = plan_memory_credit(segments, session_ids, tokenizer, "prefix")
     plan_s = time.perf_counter() - started
     sequences = [s.input_ids for s in plan.sequences]
     rollout_tokens = sum(len(o.prompt_ids) + len(o.response_ids) for o in outputs)
