@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import header, markdown_table, median, percentile
+from mempo_verl.testing.services import free_port, wait_healthy
 
 TOPK = 3
 PASSAGE_WORDS = 100
@@ -109,12 +109,6 @@ def latencies(search: Callable[[str], Any], queries: Sequence[str]) -> list[floa
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def served_latencies(folder: Path, queries: Sequence[str], log: Path) -> tuple[list[float], list[float]]:
     """Latencies through ``mempo-retriever serve --index folder`` (a subprocess on 127.0.0.1): with
     ``RetrievalClient`` (one pool per client, as it ships), and with one kept-alive ``httpx.Client``."""
@@ -128,16 +122,7 @@ def served_latencies(folder: Path, queries: Sequence[str], log: Path) -> tuple[l
     with open(log, "w") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 600
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mempo-retriever serve did not come up (log {log})")
-                time.sleep(0.5)
+            wait_healthy(f"http://127.0.0.1:{port}", timeout_s=600, process=server)  # log: `log`
             client = RetrievalClient(f"http://127.0.0.1:{port}")
             shipped = latencies(lambda q: client.search([q], TOPK), queries)
             with httpx.Client() as http:

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 
 from mempo_verl.retrieval.cli import main as retriever_cli
 from mempo_verl.testing.faults import KillOnLine
+from mempo_verl.testing.services import free_port, pip_install_aside, wait_healthy
 from mempo_verl.testing.wandb_records import read_wandb_history
 
 pytestmark = pytest.mark.e2e
@@ -54,43 +51,11 @@ SERVED_WORLD = Path(__file__).with_name("served_world")
 OUTAGE_STEP = 2  # the retriever is killed at step 1's console line and restarted at step 2's
 
 
-def _install_served_world(tmp_path: Path) -> Path:
-    """pip-install the test plugin (tests/e2e/served_world) into a folder for the run's PYTHONPATH: the driver and
-    every Ray worker find `synthetic_served` through its `mempo_verl.envs` entry point."""
-    source = shutil.copytree(SERVED_WORLD, tmp_path / "served_world_src")  # pip builds in the tree: keep ours clean
-    site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--disable-pip-version-check", "--target", str(site), str(source)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    return site
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(index_dir: Path, port: int, log: Path) -> subprocess.Popen:
     """`mempo-retriever serve` over `index_dir` on 127.0.0.1:port, a child of this process (`KillOnLine` finds it)."""
     command = [sys.executable, "-m", "mempo_verl.retrieval.cli", "serve", "--index", str(index_dir)]
     command += ["--port", str(port), "--log-level", "warning"]
     return subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT)
-
-
-def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the retriever at {url} did not answer /health within {timeout_s:.0f} s")
-        time.sleep(0.5)
 
 
 def test_a_retriever_killed_and_restarted_mid_run_costs_failed_lookups_not_the_run(tmp_path, model_cache, tiny_cpu_run):
@@ -99,7 +64,7 @@ def test_a_retriever_killed_and_restarted_mid_run_costs_failed_lookups_not_the_r
     lookups fail as `retriever_unavailable` observations, counted per session, and training goes on to the end."""
     from mempo_verl.tiny.data import SHIPPED_SFT_DIR, tiny_world_data
 
-    site = _install_served_world(tmp_path)
+    site = pip_install_aside(SERVED_WORLD, tmp_path)  # on the run's PYTHONPATH: every Ray worker finds the env
     sys.path.insert(0, str(site))
     try:
         from mempo_served_world import world_corpus
@@ -112,10 +77,10 @@ def test_a_retriever_killed_and_restarted_mid_run_costs_failed_lookups_not_the_r
     corpus, index_dir = tmp_path / "worlds.jsonl", tmp_path / "index"
     corpus.write_text("".join(json.dumps(doc) + "\n" for doc in world_corpus(rows)))
     assert retriever_cli(["build-index", "--corpus", str(corpus), "--out", str(index_dir)]) == 0
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     servers = [_serve(index_dir, port, tmp_path / "retriever.log")]
-    _wait_healthy(url)
+    wait_healthy(url, process=servers[0])
 
     kill = KillOnLine("step:1 - ", target=f"--index {index_dir}", delay_s=0.0)
 

@@ -2,8 +2,6 @@
 `mempo_verl.envs` entry point, with no change to mempo-verl."""
 
 import asyncio
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 
 from mempo_verl.envs import available_envs, make_env
 from mempo_verl.protocol import ToolCall, parse_turn
+from mempo_verl.testing.services import pip_install_aside
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_env"
 ROW = {
@@ -22,14 +21,7 @@ ROW = {
 @pytest.fixture
 def installed_example(tmp_path, monkeypatch):
     """pip-install the example into a target folder (offline, no deps) and put that folder on sys.path."""
-    # why a copy: pip builds in the source tree (build/, *.egg-info), and the checkout must stay clean
-    source = shutil.copytree(EXAMPLE, tmp_path / "src", ignore=shutil.ignore_patterns("build", "*.egg-info"))
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--disable-pip-version-check", "--target", str(target), str(source)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    target = pip_install_aside(EXAMPLE, tmp_path)
     monkeypatch.syspath_prepend(str(target))
     yield target
     monkeypatch.delitem(sys.modules, "mempo_custom_env_example", raising=False)

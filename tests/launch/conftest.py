@@ -31,6 +31,7 @@ import pytest
 
 from mempo_verl.platform.watchdog import kill_tree
 from mempo_verl.run_summary import read_metrics
+from mempo_verl.testing.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SBATCH = REPO / "examples" / "slurm" / "mempo_multinode.sbatch"
@@ -52,12 +53,6 @@ def job_overrides(work: Path) -> list[str]:
         "actor_rollout_ref.model.path=${mempo_tiny_world:model}",
         "mempo.run.timeout_s=600",  # main's own watchdog: a hang fails the job before the test's limit
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def job_env(model_cache: Path) -> dict[str, str]:
