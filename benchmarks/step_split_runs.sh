@@ -25,7 +25,7 @@ common=(
   "trainer.save_freq=1000" "data.shuffle=false" "data.seed=0" "actor_rollout_ref.rollout.seed=0"
 )
 if [ "$objectives" != 0 ]; then
-  "$python" -m mempo_verl.envs.synthetic --out "$out/data" --objectives "$objectives" --hops 1 \
+  "$python" -m mempo_verl.data.cli synthetic --out "$out/data" --objectives "$objectives" --hops 1 \
     --names pool --prompt tiny --train-rows 256 --test-rows 8
   common+=("data.train_files=$out/data/train.parquet" "data.val_files=$out/data/test.parquet"
            "mempo.agent.max_turns=$((objectives + 3))")

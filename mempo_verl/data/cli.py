@@ -10,6 +10,9 @@ Usage:
     mempo-data sft --source traces --traces runs/teacher/traces.jsonl --out data/sft/teacher.parquet   # correct only
     mempo-data sft --source jsonl --jsonl my_rows.jsonl --out data/sft/mine.parquet
 
+    # the offline `synthetic` task (envs/synthetic.py): k questions of h lookups each, one invented world a row
+    mempo-data synthetic --objectives 3 --hops 2 --out data/synthetic_k3h2
+
     # k-objective evaluation sets, one data/eval/k{k}.parquet each (mempo-eval --data data/eval):
     mempo-data eval-sets --source sample --objectives 1,2,4,8,16 --out data/eval_sample
     mempo-data eval-sets --source hotpotqa.jsonl --source-for 2=nq.jsonl,hotpotqa.jsonl \
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import get_args
 
 from mempo_verl.data.builder import BuildConfig, build_eval_sets, build_rows, load_pools, write_splits
-from mempo_verl.envs.synthetic import PromptStyle
+from mempo_verl.envs.synthetic import NameStyle, PromptStyle
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--prompt", choices=get_args(PromptStyle), default="brief", help="oracle: synthetic task prompt")
     sft.add_argument("--max-turns", type=int, default=None, help="oracle: mempo.agent.max_turns (default: k*h+1 max)")
     sft.add_argument("--seed", type=int, default=0, help="oracle: world seed")
-    sft.add_argument("--names", choices=("syllables", "pool"), default="syllables", help="oracle: entity names")
+    sft.add_argument("--names", choices=get_args(NameStyle), default="syllables", help="oracle: entity names")
     sft.add_argument(
         "--set",
         action="append",
@@ -83,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--traces", default=None, help="traces: a mempo-eval traces.jsonl (or its folder)")
     sft.add_argument("--method", default="memory", help="traces: the method whose correct episodes to keep")
     sft.add_argument("--jsonl", default=None, help="jsonl: rows with 'messages' (and optional 'tools')")
+    synthetic = sub.add_parser("synthetic", help="write train/test parquet of the offline synthetic lookup task")
+    synthetic.add_argument("--out", required=True, help="output folder")
+    synthetic.add_argument("--train-rows", type=int, default=1024)
+    synthetic.add_argument("--test-rows", type=int, default=128)
+    synthetic.add_argument("--objectives", type=int, default=1, help="questions per row, k")
+    synthetic.add_argument("--hops", type=int, default=2, help="lookups per question, h")
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.add_argument("--names", choices=get_args(NameStyle), default="syllables", help="entity names")
+    synthetic.add_argument("--prompt", choices=get_args(PromptStyle), default="full", help="system message style")
     return parser
 
 
@@ -174,7 +186,18 @@ def run_build(args: argparse.Namespace) -> None:
         print(f"{split}: {len(rows)} rows x {config.objectives} objective(s) -> {where}")
 
 
-COMMANDS = {"build": run_build, "eval-sets": run_eval_sets, "sft": run_sft}
+def run_synthetic(args: argparse.Namespace) -> None:
+    from mempo_verl.envs.synthetic import make_synthetic_rows, min_turns
+
+    splits = {
+        split: make_synthetic_rows(rows, args.objectives, args.hops, args.seed, split, args.prompt, args.names)
+        for split, rows in (("train", args.train_rows), ("test", args.test_rows))
+    }
+    for split, path in write_splits(splits, args.out).items():
+        print(f"{split}: {len(splits[split])} rows -> {path} (min turns {min_turns(args.objectives, args.hops)})")
+
+
+COMMANDS = {"build": run_build, "eval-sets": run_eval_sets, "sft": run_sft, "synthetic": run_synthetic}
 
 
 def main(argv: list[str] | None = None) -> int:

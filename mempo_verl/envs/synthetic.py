@@ -4,8 +4,8 @@
     env = make_env("synthetic")
     obs = await env.step(ToolCall("lookup", {"key": "Alar Venn"}), rows[0])
 
-    python -m mempo_verl.envs.synthetic --out data/synthetic --objectives 3 --hops 2   # train/test parquet
-    python -m mempo_verl.envs.synthetic --out data/k7 --objectives 7 --hops 1 --names pool --prompt tiny  # tiny world
+    mempo-data synthetic --out data/synthetic --objectives 3 --hops 2      # train/test parquet (data/cli.py)
+    mempo-data synthetic --out data/k7 --objectives 7 --hops 1 --names pool --prompt tiny   # tiny-world style
 
 Each row is its own small invented world of people, cities and guilds (names made of random syllables, so no model
 knows them), with one document per entity. A document states every fact about its entity (relations to other
@@ -27,7 +27,6 @@ found at turn h and must be carried in memory for the (k - 1) * h turns that sol
 
 from __future__ import annotations
 
-import argparse
 import random
 import string
 from collections.abc import Mapping
@@ -507,29 +506,3 @@ class SyntheticEnv(Environment):
     def gold_answer_text(self, ground_truth: Any) -> str:
         """The answer names joined with "; "."""
         return "; ".join(aliases[0] for aliases in golds_from_ground_truth(ground_truth))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Write `<out>/train.parquet` and `<out>/test.parquet` of synthetic rows."""
-    from mempo_verl.data import write_splits
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--train-rows", type=int, default=1024)
-    parser.add_argument("--test-rows", type=int, default=128)
-    parser.add_argument("--objectives", type=int, default=1, help="questions per row, k")
-    parser.add_argument("--hops", type=int, default=2, help="lookups per question, h")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--names", choices=get_args(NameStyle), default="syllables", help="entity names (NameStyle)")
-    parser.add_argument("--prompt", choices=get_args(PromptStyle), default="full", help="system message style")
-    args = parser.parse_args(argv)
-    splits = {
-        split: make_synthetic_rows(n, args.objectives, args.hops, args.seed, split, args.prompt, args.names)
-        for split, n in (("train", args.train_rows), ("test", args.test_rows))
-    }
-    for split, path in write_splits(splits, args.out).items():
-        print(f"{split}: {len(splits[split])} rows -> {path} (min turns {min_turns(args.objectives, args.hops)})")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,8 +7,9 @@ import re
 import pandas as pd
 import pytest
 
+from mempo_verl.data.cli import main
 from mempo_verl.envs import make_env, make_synthetic_rows, min_turns
-from mempo_verl.envs.synthetic import RELATIONS, generate_episode, main, normalize_key
+from mempo_verl.envs.synthetic import RELATIONS, generate_episode, normalize_key
 from mempo_verl.protocol import ToolCall, parse_turn
 from mempo_verl.rewards import golds_from_ground_truth
 
@@ -146,7 +147,8 @@ def test_parquet_round_trip(env, tmp_path):
 
 
 def test_cli_writes_both_splits(tmp_path, capsys):
-    main(["--out", str(tmp_path), "--train-rows", "3", "--test-rows", "2", "--objectives", "2", "--hops", "2"])
+    args = ["--train-rows", "3", "--test-rows", "2", "--objectives", "2", "--hops", "2"]
+    assert main(["synthetic", "--out", str(tmp_path), *args]) == 0
     assert len(pd.read_parquet(tmp_path / "train.parquet")) == 3
     assert len(pd.read_parquet(tmp_path / "test.parquet")) == 2
     assert "min turns 5" in capsys.readouterr().out
@@ -155,8 +157,8 @@ def test_cli_writes_both_splits(tmp_path, capsys):
 def test_cli_names_from_the_pool_and_tiny_prompt(tmp_path):
     from mempo_verl.envs.synthetic import NAME_POOL, tiny_task_prompt
 
-    main(["--out", str(tmp_path), "--train-rows", "2", "--test-rows", "1", "--objectives", "3", "--hops", "1"]
-         + ["--names", "pool", "--prompt", "tiny"])  # fmt: skip
+    args = ["--train-rows", "2", "--test-rows", "1", "--objectives", "3", "--hops", "1", "--names", "pool"]
+    assert main(["synthetic", "--out", str(tmp_path), *args, "--prompt", "tiny"]) == 0
     row = pd.read_parquet(tmp_path / "train.parquet").iloc[0]
     assert row["prompt"][0]["content"] == tiny_task_prompt(3)  # the system message of prompt style "tiny"
     entities = {chain[0] for chain in row["extra_info"]["chains"]}  # each question's starting entity
