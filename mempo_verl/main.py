@@ -10,9 +10,12 @@ A recipe (recipes/*.yaml) is verl's `ppo_trainer` config (Hydra searchpath `pkg:
 3. with `mempo.run.timeout_s > 0` (or `MEMPO_TIMEOUT_S`), runs step 2 in a child process under the watchdog: a hang
    ends at the limit and a worker failure is reported as its first real error, not the downstream symptom.
 
-Resolvers usable in recipes: `${mempo_tiny_model:random}` / `${mempo_tiny_model:format}` (the tiny offline Qwen2
-folder, built on first use) and
-`${mempo_sample_data:train,1}` (verl parquet of the shipped QA set, split and objective count, built on first use).
+Resolvers usable in recipes, each built on first use:
+- `${mempo_tiny_world:train|test|model|sft_model|sft_train}`: the tiny world's RL data, its random-weight model, its
+  SFT checkpoint, the oracle's SFT rows;
+- `${mempo_tiny_model:random|sft}`: the random-weight tiny Qwen2 with Qwen2.5's vocabulary; the tiny world's SFT
+  checkpoint;
+- `${mempo_sample_data:train,1}`: verl parquet of the shipped QA set (split, objective count).
 """
 
 from __future__ import annotations
