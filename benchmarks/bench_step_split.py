@@ -30,17 +30,24 @@ PHASES = {
 }
 
 
+TOKENS = "perf/total_num_tokens"
+"""verl's count of the step's tokens (prompt + response of every row): sessions that sample more turns cost more
+everywhere, so runs whose sessions differ in length are compared per token too."""
+
+
 def warm_means(run_dir: Path, last_step: int | None = None) -> dict[str, float]:
     """Mean of each phase over the run's steps 2..N, N = ``last_step`` or its last (a phase a step did not log
-    counts 0 s for it)."""
+    counts 0 s for it), the mean ``tokens`` a step, and ``step / 1k tokens``: the summed step time over the summed
+    tokens (NaN when the run logged no token count)."""
     metrics = read_metrics(run_dir / "metrics.jsonl")
     last = last_step if last_step is not None else max(metrics, default=0)
     steps = [m for step, m in sorted(metrics.items()) if 2 <= step <= last and "timing_s/step" in m]
     if not steps:
         raise SystemExit(f"{run_dir}: no warm step (2..N) with timing_s/step in metrics.jsonl")
-    return {name: sum(m.get(key, 0.0) for m in steps) / len(steps) for name, key in PHASES.items()} | {
-        "warm steps": float(len(steps))
-    }
+    means = {name: sum(m.get(key, 0.0) for m in steps) / len(steps) for name, key in PHASES.items()}
+    tokens = sum(m.get(TOKENS, 0.0) for m in steps)
+    per_k = 1000 * sum(m["timing_s/step"] for m in steps) / tokens if tokens else float("nan")
+    return means | {"tokens": tokens / len(steps), "step / 1k tokens": per_k, "warm steps": float(len(steps))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,10 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         runs[name] = warm_means(Path(folder), args.last_step)
     base_name, base = next(iter(runs.items()))
     rows = []
-    for phase in PHASES:
+    for phase in [*PHASES, "tokens", "step / 1k tokens"]:
         cells = [phase]
         for name, means in runs.items():
-            cells.append(f"{means[phase]:.2f}")
+            cells.append(f"{means[phase]:,.0f}" if phase == "tokens" else f"{means[phase]:.2f}")
             if name != base_name:
                 cells.append(f"{means[phase] / base[phase]:.2f}" if base[phase] >= 0.01 else "-")
         rows.append(cells)

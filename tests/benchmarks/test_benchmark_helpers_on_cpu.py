@@ -55,9 +55,14 @@ def test_warm_means_average_steps_two_to_n(tmp_path):
 
     from benchmarks.bench_step_split import warm_means
 
-    lines = [{"step": s, "data": {"timing_s/step": 10.0 * s, "timing_s/gen": 1.0}} for s in (1, 2, 3, 4)]
+    lines = [
+        {"step": s, "data": {"timing_s/step": 10.0 * s, "timing_s/gen": 1.0, "perf/total_num_tokens": 1000 * s * s}}
+        for s in (1, 2, 3, 4)
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     every = warm_means(tmp_path)
     assert every["step"] == pytest.approx(30.0) and every["warm steps"] == 3  # (20 + 30 + 40) / 3, step 1 left out
     assert every["memory credit"] == 0.0  # not logged: 0 s
+    assert every["tokens"] == pytest.approx(29000 / 3)  # (4,000 + 9,000 + 16,000) / 3
+    assert every["step / 1k tokens"] == pytest.approx(90 / 29)  # 90 s over 29 k tokens, not a mean of ratios
     assert warm_means(tmp_path, last_step=3)["step"] == pytest.approx(25.0)  # (20 + 30) / 2
