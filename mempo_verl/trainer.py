@@ -96,6 +96,13 @@ def memory_token_mask(segments: list[Segment | None], response_lengths: list[int
     return mask
 
 
+def credited_turn_indices(segments: list[Segment | None]) -> list[int]:
+    """`(B,)` the turn index (``TurnRecord.turn_index``, as the credit plan reads it) of each row's credited turn;
+    0 for padding and `sequence` rows, which have no A^M to group (`per_turn` A^M grouping keys on it)."""
+    turns = [None if segment is None else segment.credited_turn for segment in segments]
+    return [0 if turn is None else turn.turn_index for turn in turns]
+
+
 def dump_credit(
     path: Path,
     keys: list[str],
@@ -387,7 +394,7 @@ class MemPOTrainer(PPOTrainerSync):
             response_mask=response_mask,
             index=list(proto.non_tensor_batch["uid"]),
             session_index=rows.sessions,
-            turn_index=[0 if s is None else s.segment_index for s in segments],
+            turn_index=credited_turn_indices(segments),
             memory_mask=memory_mask,
             memory_rewards=credit.memory_reward,
             has_memory=credit.has_memory,

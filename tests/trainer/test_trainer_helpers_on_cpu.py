@@ -26,6 +26,7 @@ from mempo_verl.protocol import ToolCall
 from mempo_verl.segments import EpisodeSummary, Segment
 from mempo_verl.trainer import (
     MemPOTrainer,
+    credited_turn_indices,
     dump_credit,
     memory_token_mask,
     prompt_mini_batches,
@@ -403,3 +404,9 @@ def test_env_failures_are_counted_by_kind_per_session():
     assert metrics["mempo/env_failures/retriever_unavailable"] == 1.0  # 2 refused calls over 2 sessions
     assert metrics["mempo/env_failures/not_found"] == 0.5  # 1 over 2
     assert not any(key.startswith("mempo/env_failures/") and key.endswith("None") for key in metrics)
+
+
+def test_credited_turn_indices_read_the_turn_record():
+    # a row's segment_index and its turn's turn_index agree under per_turn; the record is what the credit plan reads
+    rows = [_segment(0, [_turn(3)]), None, _segment(0, [_turn(0), _turn(1)], is_last=True, policy="full")]
+    assert credited_turn_indices(rows) == [3, 0, 0]  # turn 3's record; padding and a sequence row: 0
