@@ -122,4 +122,7 @@ def summary_text(steps: dict[int, dict[str, Any]], checkpoint_dir: str | Path) -
         hf = saved[-1] / "actor" / "huggingface"
         weights = f" (Hugging Face folder: {hf})" if (hf / "config.json").exists() else ""
         lines.append(f"{'checkpoint':<28}{saved[-1]}{weights}")
+        if weights:  # what to run next: the same agent loop on held-out tasks (README "Evaluation")
+            lines.append(f"{'evaluate it':<28}mempo-eval --model {hf} --data <eval sets> (README 'Evaluation')")
+            lines.append(f"{'':<28}the tiny world's held-out sets: bash examples/eval/time_tiny_cpu.sh {hf}")
     return "\n".join(lines)

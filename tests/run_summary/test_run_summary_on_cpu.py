@@ -57,3 +57,14 @@ def test_progress_line_of_a_console_step_line():
     # the validation line before training: verl prints its values as numpy reprs
     assert progress_line("step:0 - val-core/x/reward/mean@1:np.float64(0.59375)") == "step 0: held-out R^T 0.594"
     assert progress_line("INFO: nothing to see") is None and progress_line("mystep:3 - x:1") is None
+
+
+def test_summary_says_how_to_evaluate_a_saved_hugging_face_folder(tmp_path):
+    hf = tmp_path / "global_step_4" / "actor" / "huggingface"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text("{}")
+    text = summary_text({4: {"mempo/reward_T/mean": 0.5}}, tmp_path).splitlines()
+    assert text[-3] == f"checkpoint                  {tmp_path / 'global_step_4'} (Hugging Face folder: {hf})"
+    assert text[-2] == f"evaluate it                 mempo-eval --model {hf} --data <eval sets> (README 'Evaluation')"
+    indent = " " * 28  # the label column
+    assert text[-1] == f"{indent}the tiny world's held-out sets: bash examples/eval/time_tiny_cpu.sh {hf}"
