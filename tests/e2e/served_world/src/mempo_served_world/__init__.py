@@ -72,9 +72,9 @@ class ServedSyntheticEnv(SyntheticEnv):
             return Observation(text=text, ok=False, error="retriever_unavailable", metrics={"retrieval_failed": 1.0})
         wanted = document_id(tag, key)
         served = next((hit.document for hit in hits if hit.document["id"] == wanted), None)
-        if served is None:
-            return local if not local.ok else Observation(text=f'No document for "{key.strip()}".', ok=False,
-                                                          error="not_found")  # fmt: skip
+        if served is None:  # the name is not in this world: `synthetic`'s own not_found reply, or one like it
+            not_found = Observation(text=f'No document for "{key.strip()}".', ok=False, error="not_found")
+            return local if not local.ok else not_found
         return Observation(
             text=f"{served['title'].split(' ', 1)[1]}: {served['text']}", metrics={"retrieval_failed": 0.0}
         )
