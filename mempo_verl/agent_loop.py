@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput, register
@@ -48,7 +48,7 @@ from mempo_verl.envs import Environment, Observation, make_env
 from mempo_verl.layout import LAYOUTS, Row, SegmentLayout, TurnPrompt
 from mempo_verl.protocol import DEFAULT_EOS_STRINGS, Turn, parse_turn, strip_eos
 from mempo_verl.rewards import trajectory_format_valid, validate_reward_mode
-from mempo_verl.rollout_credit import score_session
+from mempo_verl.rollout_credit import SharedScores, score_session
 from mempo_verl.segments import (
     EpisodeSummary,
     Segment,
@@ -135,6 +135,10 @@ class EpisodeState:
 class MemPOAgentLoop(AgentLoopBase):
     """MemPO's multi-turn agent loop; configured by the ``mempo:`` section (``mempo_verl.config``)."""
 
+    shared_scores: ClassVar[SharedScores] = SharedScores()
+    """The worker's rollout-scorer requests of the current weights, shared by its sessions (verl builds one loop
+    object per session, so the table lives on the class)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # verl passes tools=ToolListWrap(...) of its own tool registry; the environment provides ours instead
         kwargs.pop("tools", None)
@@ -174,6 +178,7 @@ class MemPOAgentLoop(AgentLoopBase):
             segments = await score_session(
                 self.server_manager.generate, state.request_id, segments, self.tokenizer,
                 self.mempo.credit.baseline, self.scoring_window, self.mempo.tags,
+                shared=self.shared_scores, version=state.generations[-1].server_fields.get("global_steps"),
             )  # fmt: skip
         return self._outputs(state, segments)
 

@@ -22,15 +22,20 @@ old log-probs and of ``scorer: actor``; the two differ by the engines' kernels o
 tests/agent_loop/test_rollout_credit_vllm_on_cpu.py). vLLM's prompt log-probs are of the untempered logits, so the
 two agree only at ``rollout.temperature`` 1 (``config.check_verl_config`` requires it).
 
+Sharing across sessions: the N sessions of a prompt often score the same sequence (ε_1 = [task, q] + ans is the same in
+all of them, as is a memory several sessions wrote alike). ``SharedScores`` sends each (weights version, ids) once per
+agent-loop worker and lets the other sessions await its P: fewer requests, and no duplicate reaches the server, where
+its cached prefix would cover the gold tokens and force a retry without cache reads.
+
 Notation: U distinct scoring sequences of a session, L a sequence's length, B the session's segments.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -109,9 +114,87 @@ async def _score_one(generate: Generate, request_id: str, sequence: ScoringSeque
     raise RuntimeError(f"the server reported {cached} cached tokens for a request sent without cache reads")
 
 
+class SharedScores:
+    """The P[ans | ctx] requests of the current weights version, shared by the sessions of one agent-loop worker.
+
+    Keyed by the sequence's ids under one ``version`` (verl's ``global_steps``, which the server reports with every
+    generation and which changes whenever weights are synced) and one event loop; a new version or loop starts an
+    empty table, so the table holds at most one step's sequences and a P is never reused across weights.
+    """
+
+    def __init__(self) -> None:
+        self._owner: tuple[Hashable, asyncio.AbstractEventLoop] | None = None
+        self._futures: dict[tuple[int, ...], asyncio.Future[tuple[torch.Tensor, int, int]]] = {}
+
+    def claim(
+        self, version: Hashable, ids: Sequence[int]
+    ) -> tuple[asyncio.Future[tuple[torch.Tensor, int, int]], bool]:
+        """The future of ``ids``' score under ``version`` and whether the caller must compute it (the first asker)."""
+        owner = (version, asyncio.get_running_loop())
+        if owner != self._owner:
+            self._owner, self._futures = owner, {}
+        key = tuple(int(i) for i in ids)
+        future = self._futures.get(key)
+        if future is not None:
+            return future, False
+        future = owner[1].create_future()
+        self._futures[key] = future
+        return future, True
+
+    def forget(self, ids: Sequence[int]) -> None:
+        """Drop a failed request, so that a later asker sends it again."""
+        self._futures.pop(tuple(int(i) for i in ids), None)
+
+
+class ScoredSequences(NamedTuple):
+    """What ``score_sequences`` returns."""
+
+    probabilities: torch.Tensor
+    """`(U,)` float32 P[ans | ctx] of each sequence."""
+    computed_tokens: int
+    """Tokens the server computed for this session's requests (retries included; shared ones count 0)."""
+    retries: int
+    """Requests sent again without cache reads."""
+    shared: int
+    """Sequences whose P came from another session's request (``SharedScores``)."""
+
+
+async def _score_or_share(
+    generate: Generate,
+    request_id: str,
+    sequence: ScoringSequence,
+    shared: SharedScores | None,
+    version: Hashable | None,
+) -> tuple[torch.Tensor, int, int, int]:
+    """``_score_one``, or the P of an identical sequence another session asked for under the same weights.
+
+    Returns:
+        `()` P, computed tokens, retries and 1 when shared (0 otherwise).
+    """
+    if shared is None or version is None:
+        return (*await _score_one(generate, request_id, sequence), 0)
+    future, mine = shared.claim(version, sequence.input_ids)
+    if not mine:
+        probability, _, _ = await asyncio.shield(future)  # why: a cancelled waiter must not cancel the owner's result
+        return probability, 0, 0, 1
+    try:
+        result = await _score_one(generate, request_id, sequence)
+    except BaseException as exc:
+        shared.forget(sequence.input_ids)
+        future.set_exception(exc)
+        future.exception()  # why: marks it retrieved; the owner re-raises below, waiters (if any) get it too
+        raise
+    future.set_result(result)
+    return (*result, 0)
+
+
 async def score_sequences(
-    generate: Generate, request_id: str, sequences: Sequence[ScoringSequence]
-) -> tuple[torch.Tensor, int, int]:
+    generate: Generate,
+    request_id: str,
+    sequences: Sequence[ScoringSequence],
+    shared: SharedScores | None = None,
+    version: Hashable | None = None,
+) -> ScoredSequences:
     """P[ans | ctx] of each sequence through the rollout server: the longest first, so that its prefix blocks (the
     history every shorter ε context of the session nests in) are cached, then the others concurrently.
 
@@ -119,20 +202,25 @@ async def score_sequences(
         generate: the agent loop's ``server_manager.generate``.
         request_id: the session's id: verl's sticky routing sends every request to the server holding its prefix.
         sequences: `(U,)` the plan's distinct sequences.
-
-    Returns:
-        `(U,)` float32 P[ans | ctx], the tokens the server computed, and the requests sent again without cache reads.
+        shared: the worker's table of requests in flight or done; None scores every sequence here.
+        version: the weights version the session ran under (``global_steps``); None (unknown) shares nothing.
     """
     if not sequences:
-        return torch.zeros(0), 0, 0
+        return ScoredSequences(torch.zeros(0), 0, 0, 0)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i].input_ids))
-    first = await _score_one(generate, request_id, sequences[order[0]])
-    rest = await asyncio.gather(*(_score_one(generate, request_id, sequences[i]) for i in order[1:]))
+    first = await _score_or_share(generate, request_id, sequences[order[0]], shared, version)
+    rest = await asyncio.gather(
+        *(_score_or_share(generate, request_id, sequences[i], shared, version) for i in order[1:])
+    )
     results: list[Any] = [None] * len(sequences)
     for i, result in zip(order, [first, *rest], strict=True):
         results[i] = result
-    probabilities = torch.stack([p for p, _, _ in results]).float()  # (U,)
-    return probabilities, sum(c for _, c, _ in results), sum(r for _, _, r in results)
+    return ScoredSequences(
+        probabilities=torch.stack([r[0] for r in results]).float(),  # (U,)
+        computed_tokens=sum(r[1] for r in results),
+        retries=sum(r[2] for r in results),
+        shared=sum(r[3] for r in results),
+    )
 
 
 async def score_session(
@@ -143,6 +231,8 @@ async def score_session(
     baseline: BaselineMode,
     max_length: int | None,
     tags: TagSet = DEFAULT_TAGS,
+    shared: SharedScores | None = None,
+    version: Hashable | None = None,
 ) -> list[Segment]:
     """The session's segments with the rollout scorer's P[ans | q, mem_t] and ε_t (``Segment.credit``) and, on the
     last one, the scoring work (``Segment.credit_stats``).
@@ -155,11 +245,13 @@ async def score_session(
         baseline: ε_t mode (``mempo.credit.baseline``).
         max_length: the scoring window (``config.scoring_window``); see ``plan_memory_credit`` for the length policy.
         tags: tag names.
+        shared: the worker's ``SharedScores``; None scores every sequence of the session itself.
+        version: the weights version of the session's generations (``global_steps``; None shares nothing).
     """
     # one session: every row shares its session id
     plan = plan_memory_credit(segments, [0] * len(segments), tokenizer, baseline, tags, max_length)
-    probabilities, computed, retries = await score_sequences(generate, request_id, plan.sequences)
-    credit = memory_credit_from_probabilities(plan, probabilities, len(segments))
+    scores = await score_sequences(generate, request_id, plan.sequences, shared, version)
+    credit = memory_credit_from_probabilities(plan, scores.probabilities, len(segments))
     scored = [
         replace(segment, credit=SegmentCredit(float(credit.p_memory[i]), float(credit.p_baseline[i])))
         if credit.has_memory[i]
@@ -169,8 +261,9 @@ async def score_session(
     stats = CreditStats(
         sequences=len(plan.sequences),
         scored_tokens=sum(len(s.input_ids) for s in plan.sequences),
-        computed_tokens=computed,
-        retries=retries,
+        computed_tokens=scores.computed_tokens,
+        retries=scores.retries,
+        shared=scores.shared,
         eps_truncated=plan.eps_truncated,
         too_long=plan.too_long,
     )

@@ -83,6 +83,8 @@ class CreditStats:
     """Tokens the server actually computed (length − ``num_cached_tokens`` per request, retries included)."""
     retries: int
     """Requests sent again without cache reads, because their cached prefix reached a gold-answer token."""
+    shared: int
+    """Sequences whose P came from another session's identical request under the same weights (not sent)."""
     eps_truncated: int
     """ε contexts whose oldest turns were dropped to fit the scoring window (``memory_credit.plan_memory_credit``)."""
     too_long: int

@@ -75,26 +75,37 @@ class CachingServer:
 
 class ScoringRouter:
     """verl's ``generate``: requests asking for prompt log-probs (memory-credit scoring) go to ``scorer``, the rest
-    (the session's turns) to ``turns``; every scoring request's cached and prompt token counts are recorded."""
+    (the session's turns) to ``turns``; every scoring request's cached and prompt token counts are recorded. With
+    ``weights_version`` the turns report it as verl's server does (``extra_fields["global_steps"]``)."""
 
-    def __init__(self, turns: Any, scorer: Any) -> None:
-        self.turns, self.scorer = turns, scorer
+    def __init__(self, turns: Any, scorer: Any, weights_version: int | None = None) -> None:
+        self.turns, self.scorer, self.weights_version = turns, scorer, weights_version
         self.scoring: list[tuple[int, int | None]] = []
         """(prompt tokens, num_cached_tokens) of each scoring request."""
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kwargs: Any):
         if sampling_params.get("prompt_logprobs") is None:
-            return await self.turns.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
+            output = await self.turns.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
+            if self.weights_version is not None:
+                output.extra_fields["global_steps"] = self.weights_version
+            return output
         output = await self.scorer.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
         self.scoring.append((len(prompt_ids), output.extra_fields.get("num_cached_tokens")))
         return output
 
 
 def play_oracle_sessions(
-    path: Any, tokenizer: Any, backend: Any, rows: Sequence[Mapping[str, Any]], **overrides: Any
+    path: Any,
+    tokenizer: Any,
+    backend: Any,
+    rows: Sequence[Mapping[str, Any]],
+    weights_version: int | None = None,
+    **overrides: Any,
 ) -> tuple[list[list[Segment]], list[ScoringRouter]]:
     """The ``synthetic`` oracle's sessions on ``rows`` through ``MemPOAgentLoop`` (model folder ``path``), its
-    turns scripted and its scoring requests sent to ``backend``; ``overrides`` are dotted config keys.
+    turns scripted and its scoring requests sent to ``backend``; ``overrides`` are dotted config keys. Without
+    ``weights_version`` the sessions run one after another, each in its own event loop, their turns reporting no
+    weights version; with it they run concurrently in one event loop (as in an agent-loop worker), reporting it.
 
     Returns:
         Each session's segments and its router (with the scoring requests' token counts).
@@ -107,14 +118,19 @@ def play_oracle_sessions(
     settings = {"mempo.env.name": "synthetic", "mempo.env.kwargs.prompt": "brief", "mempo.agent.max_turns": 6,
                 **{f"actor_rollout_ref.rollout.{k}": v for k, v in rollout.items()}, **overrides}  # fmt: skip
     config = agent_config(str(path), settings)
-    sessions, routers = [], []
-    for index, row in enumerate(rows):
-        router = ScoringRouter(ScriptedTurns(tokenizer, oracle_turns(row)), backend)
-        loop = make_agent_loop(config, router, tokenizer, "qwen2")
-        outputs = asyncio.run(loop.run(sampling_params(config), **agent_kwargs(row, uid=f"u{index}")))
-        sessions.append([Segment.from_extra_fields(o.extra_fields) for o in outputs])
-        routers.append(router)
-    return sessions, routers
+    routers = [ScoringRouter(ScriptedTurns(tokenizer, oracle_turns(row)), backend, weights_version) for row in rows]
+
+    async def play(index: int) -> list[Segment]:
+        loop = make_agent_loop(config, routers[index], tokenizer, "qwen2")
+        outputs = await loop.run(sampling_params(config), **agent_kwargs(rows[index], uid=f"u{index}"))
+        return [Segment.from_extra_fields(o.extra_fields) for o in outputs]
+
+    async def play_all() -> list[list[Segment]]:
+        return list(await asyncio.gather(*(play(i) for i in range(len(rows)))))
+
+    if weights_version is None:
+        return [asyncio.run(play(i)) for i in range(len(rows))], routers
+    return asyncio.run(play_all()), routers
 
 
 class ReplicaServer:

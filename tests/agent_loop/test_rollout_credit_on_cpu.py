@@ -19,6 +19,7 @@ from mempo_verl.memory_credit import (
 )
 from mempo_verl.rollout_credit import (
     SCORING_PARAMS,
+    SharedScores,
     answer_token_logprobs,
     memory_credit_from_segments,
     score_sequences,
@@ -54,9 +55,9 @@ def test_a_cached_prefix_covering_the_answer_is_recomputed_without_cache_reads(t
     # block = length - 1: the second identical request would read every token but the last from cache, gold included
     server = CachingServer(tiny_model, block=len(question.input_ids) - 1)
     expected = reference_probability(tiny_model, question)
-    first, computed, retries = asyncio.run(score_sequences(server.generate, "s", [question]))
+    first, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question]))
     assert (computed, retries) == (len(question.input_ids), 0)  # nothing cached yet
-    second, computed, retries = asyncio.run(score_sequences(server.generate, "s", [question]))
+    second, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question]))
     # retried once without cache reads: the first try computed 1 token, the retry all of them
     assert retries == 1 and computed == 1 + len(question.input_ids)
     assert [r["skip_reading_prefix_cache"] for r in server.requests] == [False, False, True]
@@ -71,11 +72,63 @@ def test_a_cached_prefix_before_the_answer_is_reused(tiny_model, sequences):
     shared = next(i for i, (a, b) in enumerate(zip(question.input_ids, memory.input_ids, strict=False)) if a != b)
     block = shared - 1
     server = CachingServer(tiny_model, block=block)
-    probabilities, computed, retries = asyncio.run(score_sequences(server.generate, "s", [question, memory]))
+    probabilities, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question, memory]))
     # the longest (memory) goes first with a cold cache; the question context then reads one block
     assert retries == 0 and computed == len(memory.input_ids) + len(question.input_ids) - block
     expected = [reference_probability(tiny_model, s) for s in (question, memory)]
     torch.testing.assert_close(probabilities.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_sessions_under_the_same_weights_send_an_identical_sequence_once(tiny_model, sequences):
+    question, memory = sequences
+    server, shared = CachingServer(tiny_model, block=4), SharedScores()
+    expected = [reference_probability(tiny_model, s) for s in (question, memory)]
+
+    async def two_sessions(version_a, version_b):
+        return await asyncio.gather(
+            score_sequences(server.generate, "a", [question, memory], shared, version_a),
+            score_sequences(server.generate, "b", [memory, question], shared, version_b),
+        )
+
+    a, b = asyncio.run(two_sessions(5, 5))
+    # by hand: session a sends both (memory first, the longest), session b awaits them: 2 requests in all
+    assert len(server.requests) == 2 and (a.shared, b.shared) == (0, 2)
+    assert b.computed_tokens == 0 and a.retries == b.retries == 0
+    torch.testing.assert_close(a.probabilities.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert b.probabilities.tolist() == a.probabilities.flip(0).tolist()  # b asked in the other order
+    # other weights: nothing is shared (a new event loop also starts an empty table)
+    server.requests.clear()
+    a, b = asyncio.run(two_sessions(5, 6))
+    assert a.shared == b.shared == 0 and len(server.requests) >= 4
+    # an unknown version shares nothing either
+    server.requests.clear()
+    a, b = asyncio.run(two_sessions(None, None))
+    assert a.shared == b.shared == 0 and len(server.requests) >= 4
+
+
+def test_a_failed_shared_request_reaches_every_waiter_and_is_sent_again_later(tiny_model, sequences):
+    question, _ = sequences
+    server, shared, calls = CachingServer(tiny_model, block=4), SharedScores(), []
+
+    async def down_then_up(request_id, **kwargs):
+        calls.append(request_id)
+        if len(calls) == 1:
+            await asyncio.sleep(0.01)  # why: the second session must find the request in flight
+            raise ConnectionError("server down")
+        return await server.generate(request_id, **kwargs)
+
+    async def run():
+        first = await asyncio.gather(
+            *(score_sequences(down_then_up, s, [question], shared, 1) for s in ("a", "b")), return_exceptions=True
+        )
+        again = await score_sequences(down_then_up, "c", [question], shared, 1)
+        return first, again
+
+    first, again = asyncio.run(run())
+    assert [type(e) for e in first] == [ConnectionError, ConnectionError] and calls == ["a", "c"]
+    assert again.shared == 0 and again.probabilities.item() == pytest.approx(
+        reference_probability(tiny_model, question), abs=1e-6
+    )
 
 
 # --- the agent loop at session end ------------------------------------------------------------------------------------
@@ -129,6 +182,26 @@ def test_the_agent_loop_writes_rollout_credit_into_every_memory_segment(world):
     assert credit.has_memory.tolist() == [False] + [True] * len(flat)
     expected = torch.tensor([s.credit.p_memory - s.credit.p_baseline for s in flat])
     torch.testing.assert_close(credit.memory_reward[1:], expected)
+
+
+def test_sessions_of_one_prompt_share_their_identical_scoring_requests(world):
+    from mempo_verl.envs.synthetic import make_synthetic_rows
+
+    path, tokenizer, model = world
+    row = make_synthetic_rows(1, objectives=2, hops=1, seed=5, split="test", prompt="brief", names="pool")[0]
+    server = CachingServer(model, block=32)
+    # two sessions of one prompt that act alike (the oracle's): every scoring sequence is the same in both
+    sessions, routers = play_oracle_sessions(path, tokenizer, server, [row, row], weights_version=3,
+                                             **{"mempo.credit.scorer": "rollout"})  # fmt: skip
+    stats = [segments[-1].credit_stats for segments in sessions]
+    assert stats[0].sequences == stats[1].sequences >= 4
+    # by hand: each distinct sequence went to the server once, and the session that did not send it shared it
+    assert sum(len(r.scoring) for r in routers) == stats[0].sequences
+    assert stats[0].shared + stats[1].shared == stats[0].sequences and stats[0].retries + stats[1].retries == 0
+    for segments in sessions:
+        for segment, (p_memory, epsilon) in zip(segments, expected_credit(tokenizer, model, segments), strict=True):
+            assert segment.credit.p_memory == pytest.approx(p_memory, abs=1e-6)
+            assert segment.credit.p_baseline == pytest.approx(epsilon, abs=1e-6)
 
 
 def test_other_scorers_and_alpha_zero_score_nothing_at_rollout(world):
