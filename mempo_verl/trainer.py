@@ -113,8 +113,10 @@ def dump_credit(
     advantages: torch.Tensor,
     response_lengths: list[int],
     rewards: torch.Tensor,
+    token_ids: list[tuple[list[int], list[int]]],
 ) -> None:
-    """One JSON line per (non-padding) row: what credit assignment saw and gave, for inspection and e2e tests."""
+    """One JSON line per (non-padding) row: what credit assignment saw and gave, for inspection and e2e tests;
+    ``token_ids`` holds each row's (prompt ids, response ids), so a row can be scored again under any weights."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as out:
         for row, segment in enumerate(segments):
@@ -134,6 +136,8 @@ def dump_credit(
                 "p_baseline": credit.p_baseline[row].item() if credit.has_memory[row] else None,
                 "memory_advantage": memory_adv[row].item(),
                 "advantages": advantages[row, : response_lengths[row]].tolist(),
+                "prompt_ids": token_ids[row][0],
+                "response_ids": token_ids[row][1],
             }
             out.write(json.dumps(record) + "\n")
 
@@ -411,10 +415,17 @@ class MemPOTrainer(PPOTrainerSync):
         metrics.update(episode_metrics(segments, rewards))
         metrics.update(credit_metrics(credit, advantage, memory_mask, response_mask))
         if self.mempo.run.credit_dump_dir:
+            ids = tq.kv_batch_get(
+                keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses"]
+            )
+            token_ids = [
+                (prompt.tolist(), response.tolist())
+                for prompt, response in zip(ids["prompts"].unbind(), ids["responses"].unbind(), strict=True)
+            ]
             dump_credit(
                 Path(self.mempo.run.credit_dump_dir) / f"credit_step{self.global_steps}.jsonl",
                 batch.keys, rows.sessions, segments, credit, advantage.memory, advantage.tokens,
-                rows.response_lengths, rewards,
+                rows.response_lengths, rewards, token_ids,
             )  # fmt: skip
 
         # 5. write back, as verl's _compute_advantage does

@@ -161,6 +161,43 @@ def test_every_actor_weight_tensor_changes_between_checkpoints(tiny_world):
     assert step1 and unchanged == [], f"not updated by step 2: {unchanged}"
 
 
+@torch.no_grad()
+def response_logprobs(model, row: dict) -> torch.Tensor:
+    """`(R,)` log π(response token | prompt, earlier response tokens) of a dumped row, one plain fp32 forward."""
+    prompt, response = row["prompt_ids"], row["response_ids"]
+    logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt + response])).logits[0].float(), dim=-1)
+    # position p - 1 predicts token p
+    return torch.stack([logprobs[len(prompt) + j - 1, token] for j, token in enumerate(response)])
+
+
+def test_each_update_raises_positive_advantage_rows_and_lowers_negative_ones(tiny_world):
+    from transformers import AutoModelForCausalLM
+
+    from mempo_verl.tiny import data
+
+    def load(path):
+        return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+    checkpoints = tiny_world.rl.checkpoint_dir
+    weights = [data.SHIPPED_SFT_DIR] + [checkpoints / f"global_step_{s}" / "actor" / "huggingface" for s in (1, 2)]
+    checked = 0
+    for step in (1, 2):  # step k updates the weights of checkpoint k - 1 (the SFT checkpoint for step 1) into k
+        rows = [r for r in credit_rows(tiny_world.run_of(step), step) if any(abs(a) > 1e-3 for a in r["advantages"])]
+        if not rows:
+            continue
+        before, after = load(weights[step - 1]), load(weights[step])
+        changes = [response_logprobs(after, r) - response_logprobs(before, r) for r in rows]  # (R,) each
+        # the policy-gradient objective to first order: Σ_t A_t Δlog π_t over the step's tokens must have risen
+        objective = sum(float((torch.tensor(r["advantages"]) * c).sum()) for r, c in zip(rows, changes, strict=True))
+        assert objective > 0, (step, objective)
+        up = [float(c.mean()) for r, c in zip(rows, changes, strict=True) if np.mean(r["advantages"]) > 0]
+        down = [float(c.mean()) for r, c in zip(rows, changes, strict=True) if np.mean(r["advantages"]) < 0]
+        if up and down:
+            assert np.mean(up) > np.mean(down), (step, np.mean(up), np.mean(down))
+        checked += 1
+    assert checked > 0, "no row of steps 1-2 had a non-zero advantage"
+
+
 def test_rerun_after_the_crash_resumes_step_3_with_the_same_data_order(tiny_world):
     log = tiny_world.resumed.result.log_path.read_text()
     assert "global_step_2" in log

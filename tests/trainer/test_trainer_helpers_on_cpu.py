@@ -219,10 +219,11 @@ def test_dump_credit_writes_one_line_per_real_row(tmp_path):
     path = tmp_path / "credit.jsonl"
     dump_credit(
         path, ["u_0_0", "pad_0_0"], [("u", 0), ("pad", 0)], segments, credit, torch.tensor([1.5, 0.0]),
-        torch.ones(2, 4), [3, 1], torch.tensor([1.0, 0.0]),
+        torch.ones(2, 4), [3, 1], torch.tensor([1.0, 0.0]), [([5, 6], [7, 8, 9]), ([5], [0])],
     )  # fmt: skip
     (record,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert record["key"] == "u_0_0" and record["advantages"] == [1.0, 1.0, 1.0]
+    assert record["prompt_ids"] == [5, 6] and record["response_ids"] == [7, 8, 9]
     assert record["memory_reward"] == 0.25 and record["memory_advantage"] == 1.5 and record["mem_span"] == [0, 3]
 
 
