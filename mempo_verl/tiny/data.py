@@ -45,6 +45,9 @@ TEST_ROWS = 64
 EVAL_OBJECTIVES: tuple[int, ...] = (1, 2, 3, 4)
 """k of the held-out evaluation sets: the trained 1-2 and more than trained (3, 4)."""
 EVAL_ROWS = 32
+SAMPLED_EVAL_ROWS = 128
+"""Held-out worlds per trained k for the sampled evaluation (temperature 1, the policy RL trains): one world is 0.8
+points, against 3.1 in the greedy table's 32."""
 SFT_EPISODES = int(os.environ.get("MEMPO_TINY_SFT_EPISODES", 16000))
 """Oracle episodes of the SFT set (k = 1 and k = 2 alike: 40 k rows, 1,250 steps of 32 in one epoch). Why 16 k: at
 8 k (625 steps) the loss was still falling (0.14 at 375, 0.11 at 625) and held-out turns were right 65 % (lookups) /
@@ -80,20 +83,21 @@ def tiny_world_data(split: str) -> str:
     return str(build_once(root, build, marker="test.parquet") / f"{split}.parquet")
 
 
-def tiny_world_eval_sets() -> str:
-    """A folder of ``k{k}.parquet`` held-out worlds (split ``eval``), one per k in ``EVAL_OBJECTIVES``, for
-    ``mempo-eval --data``."""
+def tiny_world_eval_sets(rows: int = EVAL_ROWS, objectives: tuple[int, ...] = EVAL_OBJECTIVES) -> str:
+    """A folder of ``k{k}.parquet`` held-out worlds (split ``eval``), ``rows`` per k in ``objectives``, for
+    ``mempo-eval --data``. A set of more rows starts with the worlds of a smaller one."""
     import pandas as pd
 
     from mempo_verl.envs.synthetic import make_synthetic_rows
 
     def build(folder: Path) -> None:
-        for k in EVAL_OBJECTIVES:
-            rows = make_synthetic_rows(EVAL_ROWS, k, HOPS, seed=k, split="eval", prompt=PROMPT, names="pool")
-            pd.DataFrame(rows).to_parquet(folder / f"k{k}.parquet", index=False)
+        for k in objectives:
+            world_rows = make_synthetic_rows(rows, k, HOPS, seed=k, split="eval", prompt=PROMPT, names="pool")
+            pd.DataFrame(world_rows).to_parquet(folder / f"k{k}.parquet", index=False)
 
-    root = default_cache_dir() / f"tiny-world-eval-{DATA_FORMAT}-{EVAL_ROWS}"
-    return str(build_once(root, build, marker=f"k{EVAL_OBJECTIVES[-1]}.parquet"))
+    ks = "" if objectives == EVAL_OBJECTIVES else "-k" + "".join(map(str, objectives))
+    root = default_cache_dir() / f"tiny-world-eval-{DATA_FORMAT}-{rows}{ks}"
+    return str(build_once(root, build, marker=f"k{objectives[-1]}.parquet"))
 
 
 def _sft_data_name() -> str:

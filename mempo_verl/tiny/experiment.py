@@ -8,9 +8,10 @@ SFT checkpoint with the same seeds, each checkpoint evaluated on held-out worlds
 Each RL run is the user CLI (``python -m mempo_verl.main``, recipe ``tiny_cpu``) with ``mempo.credit.alpha``, the
 data order (``data.seed``) and the rollout seed set, plus any ``--set`` overrides, all from one SFT checkpoint:
 ``--sft-model`` or the recipe's own (``${mempo_tiny_world:sft_model}``: the shipped checkpoint, or trained once by
-verl's SFT trainer). Evaluation is ``mempo-eval``'s runner over held-out worlds with k = 1-4 (k = 3, 4: more
-objectives than trained), greedy, the ``memory`` context. Writes ``<out>/results.md`` (the table),
-``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs.
+verl's SFT trainer). Evaluation is ``mempo-eval``'s runner with the ``memory`` context, twice per checkpoint: greedy
+over held-out worlds with k = 1-4 (k = 3, 4: more objectives than trained), and sampled at temperature 1 (the policy
+RL optimises) over ``data.SAMPLED_EVAL_ROWS`` held-out worlds per trained k. Writes ``<out>/results.md`` (the tables),
+``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs and evaluations.
 """
 
 from __future__ import annotations
@@ -39,18 +40,27 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def evaluate(model: str, out_dir: Path, examples: int) -> dict[int, dict[str, float]]:
-    """Held-out EM / F1 / R^T / TT / PT per k of ``model`` (greedy, ``memory`` context), resumable in ``out_dir``."""
-    from mempo_verl.config import EnvConfig
-    from mempo_verl.eval import BackendConfig, BudgetConfig, EvalConfig, run_eval
+SAMPLED_TEMPERATURE = 1.0
+"""The sampled evaluation's temperature: the recipe's ``rollout.temperature``, the policy whose R^T RL raises."""
 
+
+def evaluate(model: str, out_dir: Path, examples: int, sampled: bool = False) -> dict[int, dict[str, float]]:
+    """Held-out EM / F1 / R^T / TT / PT per k of ``model`` (``memory`` context), resumable in ``out_dir``: greedy
+    over ``examples`` worlds per k of ``data.EVAL_OBJECTIVES``, or ``sampled`` at ``SAMPLED_TEMPERATURE`` over
+    ``data.SAMPLED_EVAL_ROWS`` worlds per trained k (one seed per world and turn, the same for every model)."""
+    from mempo_verl.config import EnvConfig
+    from mempo_verl.eval import BackendConfig, BudgetConfig, EvalConfig, SamplingConfig, run_eval
+
+    objectives = data.TRAIN_OBJECTIVES if sampled else data.EVAL_OBJECTIVES
+    rows = data.SAMPLED_EVAL_ROWS if sampled else examples
     config = EvalConfig(
         backend=BackendConfig(model=model, threads=1),  # one thread: two spin-wait when the other core is busy
         out_dir=str(out_dir),
         methods=("memory",),
-        objectives=data.EVAL_OBJECTIVES,
-        data=data.tiny_world_eval_sets(),
-        max_examples=examples,
+        objectives=objectives,
+        data=data.tiny_world_eval_sets(rows, objectives),
+        max_examples=rows,
+        sampling=SamplingConfig(temperature=SAMPLED_TEMPERATURE if sampled else 0.0),
         budget=BudgetConfig(max_turns=data.MAX_TURNS, prompt_length=512, turn_tokens=96),
         env=EnvConfig(name="synthetic", kwargs={"prompt": data.PROMPT}),
         overrides=tuple(f"{key}={json.dumps(value)}" for key, value in data.CONTEXT_OVERRIDES.items()),
@@ -102,14 +112,20 @@ def train(out_dir: Path, seed: int, alpha: float, steps: int, sft_model: str, ov
     return run_dir
 
 
+def sampled_rt(ev: dict[str, dict[str, float]]) -> float:
+    """Held-out R^T (% of worlds with all answers right) of a sampled evaluation, averaged over the trained k."""
+    return sum(ev[str(k)]["all_em"] for k in data.TRAIN_OBJECTIVES) / len(data.TRAIN_OBJECTIVES)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Four panels: the two training curves per alpha (one line a seed), held-out R^T and PT per k."""
+    """Five panels: the two training curves per alpha (one line a seed), held-out greedy R^T and PT per k, and the
+    sampled held-out R^T of every run against the SFT checkpoint's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(23, 4))
     colors = {1.0: "tab:red", 0.0: "tab:blue"}  # any other alpha: matplotlib's next colour
     for ax, (key, title) in zip(axes[:2], CURVES, strict=True):
         for run in results["runs"]:
@@ -128,7 +144,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.legend(fontsize=7)
     ks = list(data.EVAL_OBJECTIVES)
     width = 0.25
-    for ax, metric, title in ((axes[2], "all_em", "held-out R^T (% all answers right)"), (axes[3], "pt", "PT")):
+    for ax, metric, title in ((axes[2], "all_em", "held-out R^T, greedy (%)"), (axes[3], "pt", "PT, greedy")):
         ax.bar([k - width for k in ks], [results["sft"][str(k)][metric] for k in ks], width, color="grey", label="SFT")
         for offset, alpha in zip((0.0, width), results["alphas"], strict=False):
             runs = [r for r in results["runs"] if r["alpha"] == alpha]
@@ -136,15 +152,29 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.bar([k + offset for k in ks], means, width, color=colors.get(alpha), label=f"alpha={alpha:g} (mean)")
         ax.set(title=title, xlabel="objectives k (trained on 1-2)", xticks=ks)
         ax.legend(fontsize=7)
+    ax = axes[4]
+    ax.axhline(sampled_rt(results["sft_sampled"]), color="grey", linestyle="--", label="SFT")
+    for position, alpha in enumerate(results["alphas"]):
+        values = [sampled_rt(r["eval_sampled"]) for r in results["runs"] if r["alpha"] == alpha]
+        ax.scatter([position] * len(values), values, color=colors.get(alpha), label=f"alpha={alpha:g} (a seed each)")
+        ax.plot([position - 0.2, position + 0.2], [sum(values) / len(values)] * 2, color=colors.get(alpha))
+    ax.set(
+        title=f"held-out R^T, sampled T={SAMPLED_TEMPERATURE:g} (%), k = 1-2",
+        xticks=range(len(results["alphas"])),
+        xticklabels=[f"alpha={a:g}" for a in results["alphas"]],
+        xlim=(-0.6, len(results["alphas"]) - 0.4),
+    )
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def table(results: dict[str, Any]) -> str:
-    """Markdown: held-out R^T (all answers right, %) and EM per k for SFT and each run, then the seed means."""
+    """Markdown: held-out greedy R^T (all answers right, %) and EM per k for SFT and each run, then the seed means;
+    then the sampled held-out R^T per trained k and its change from SFT, with the seeds' mean and spread."""
     ks = data.EVAL_OBJECTIVES
     head = "| model | " + " | ".join(f"R^T k={k}" for k in ks) + " | " + " | ".join(f"EM k={k}" for k in ks) + " |"
-    lines = [head, "|" + "---|" * (1 + 2 * len(ks))]
+    lines = ["Greedy:", "", head, "|" + "---|" * (1 + 2 * len(ks))]
 
     def row(name: str, ev: dict[str, dict[str, float]]) -> str:
         cells = [f"{ev[str(k)]['all_em']:.1f}" for k in ks] + [f"{ev[str(k)]['em']:.1f}" for k in ks]
@@ -160,6 +190,32 @@ def table(results: dict[str, Any]) -> str:
                 str(k): {m: sum(r["eval"][str(k)][m] for r in runs) / len(runs) for m in ("all_em", "em")} for k in ks
             }
             lines.append(row(f"alpha={alpha:g} mean of {len(runs)}", mean))
+    trained = data.TRAIN_OBJECTIVES
+    lines += [
+        "",
+        f"Sampled (temperature {SAMPLED_TEMPERATURE:g}, {data.SAMPLED_EVAL_ROWS} held-out worlds per k):",
+        "",
+        "| model | " + " | ".join(f"R^T k={k}" for k in trained) + " | R^T mean | change from SFT |",
+        "|" + "---|" * (3 + len(trained)),
+    ]
+    base = sampled_rt(results["sft_sampled"])
+
+    def sampled_row(name: str, ev: dict[str, dict[str, float]]) -> str:
+        cells = [f"{ev[str(k)]['all_em']:.1f}" for k in trained]
+        change = "" if ev is results["sft_sampled"] else f"{sampled_rt(ev) - base:+.1f}"
+        return f"| {name} | " + " | ".join(cells) + f" | {sampled_rt(ev):.1f} | {change} |"
+
+    lines.append(sampled_row("SFT", results["sft_sampled"]))
+    for run in results["runs"]:
+        lines.append(sampled_row(f"alpha={run['alpha']:g} seed {run['seed']}", run["eval_sampled"]))
+    for alpha in results["alphas"]:
+        changes = [sampled_rt(r["eval_sampled"]) - base for r in results["runs"] if r["alpha"] == alpha]
+        if len(changes) > 1:
+            mean = sum(changes) / len(changes)
+            spread = (sum((c - mean) ** 2 for c in changes) / (len(changes) - 1)) ** 0.5
+            empty = "| " * len(trained)
+            change = f"{mean:+.1f} (seed std {spread:.1f})"
+            lines.append(f"| alpha={alpha:g} mean of {len(changes)} {empty}| {base + mean:.1f} | {change} |")
     return "\n".join(lines)
 
 
@@ -176,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="a Hydra override for every RL run (repeatable), e.g. mempo.credit.memory_gate=task_success",
     )
-    parser.add_argument("--eval-examples", type=int, default=data.EVAL_ROWS, help="held-out worlds per k")
+    parser.add_argument("--eval-examples", type=int, default=data.EVAL_ROWS, help="held-out worlds per k, greedy")
     parser.add_argument("--out", default="runs/tiny_world")
     parser.add_argument("--sft-model", help="a Hugging Face folder to start RL from (default: the recipe's SFT)")
     args = parser.parse_args(argv)
@@ -184,24 +240,29 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     log("SFT checkpoint (verl's SFT trainer; built once and cached)")
     sft_model = args.sft_model or data.tiny_world_sft_model()
-    log(f"evaluating the SFT checkpoint on held-out worlds: {sft_model}")
+    log(f"evaluating the SFT checkpoint on held-out worlds, greedy and sampled: {sft_model}")
     alphas = [float(a) for a in args.alphas.split(",")]
-    results: dict[str, Any] = {"sft_model": sft_model, "sft": evaluate(sft_model, out / "eval_sft", args.eval_examples)}
+    results: dict[str, Any] = {
+        "sft_model": sft_model,
+        "sft": evaluate(sft_model, out / "eval_sft", args.eval_examples),
+        "sft_sampled": evaluate(sft_model, out / "eval_sampled_sft", args.eval_examples, sampled=True),
+    }
     results.update(alphas=alphas, overrides=args.overrides, steps=args.steps, runs=[])
     for seed in (int(s) for s in args.seeds.split(",")):
         for alpha in alphas:
             run_dir = train(out, seed, alpha, args.steps, sft_model, args.overrides)
-            model = run_dir / f"global_step_{args.steps}" / "actor" / "huggingface"
-            log(f"evaluating alpha={alpha:g} seed={seed}")
+            model = str(run_dir / f"global_step_{args.steps}" / "actor" / "huggingface")
+            log(f"evaluating alpha={alpha:g} seed={seed}, greedy and sampled")
             metrics = read_metrics(run_dir / "metrics.jsonl")
             curves = {key: [(s, m[key]) for s, m in sorted(metrics.items()) if key in m] for key, _ in CURVES}
-            run_eval_dir = out / f"eval_seed{seed}_alpha{alpha:g}"
+            name = f"seed{seed}_alpha{alpha:g}"
             results["runs"].append(
                 {
                     "seed": seed,
                     "alpha": alpha,
                     "curves": curves,
-                    "eval": evaluate(str(model), run_eval_dir, args.eval_examples),
+                    "eval": evaluate(model, out / f"eval_{name}", args.eval_examples),
+                    "eval_sampled": evaluate(model, out / f"eval_sampled_{name}", args.eval_examples, sampled=True),
                 }
             )
     results = json.loads(json.dumps(results))  # int k keys -> str, as read back

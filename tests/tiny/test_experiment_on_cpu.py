@@ -9,17 +9,26 @@ def _eval(all_em: float, em: float) -> dict[str, dict[str, float]]:
     return {str(k): {"all_em": all_em, "em": em, "pt": 100.0 + k} for k in data.EVAL_OBJECTIVES}
 
 
+def _sampled(k1: float, k2: float) -> dict[str, dict[str, float]]:
+    return {"1": {"all_em": k1, "em": k1}, "2": {"all_em": k2, "em": k2}}
+
+
 def _results() -> dict:
     runs = [
-        {"seed": 0, "alpha": 1.0, "curves": {"mempo/reward_T/mean": [[1, 0.0], [2, 0.5]]}, "eval": _eval(10.0, 20.0)},
-        {"seed": 1, "alpha": 1.0, "curves": {"mempo/reward_T/mean": [[1, 0.25]]}, "eval": _eval(30.0, 40.0)},
-        {"seed": 0, "alpha": 0.5, "curves": {}, "eval": _eval(5.0, 6.0)},
-    ]
-    return {"sft": _eval(1.0, 2.0), "alphas": [1.0, 0.5], "overrides": [], "steps": 2, "runs": runs}
+        {"seed": 0, "alpha": 1.0, "curves": {"mempo/reward_T/mean": [[1, 0.0], [2, 0.5]]}, "eval": _eval(10.0, 20.0),
+         "eval_sampled": _sampled(50.0, 30.0)},
+        {"seed": 1, "alpha": 1.0, "curves": {"mempo/reward_T/mean": [[1, 0.25]]}, "eval": _eval(30.0, 40.0),
+         "eval_sampled": _sampled(60.0, 40.0)},
+        {"seed": 0, "alpha": 0.5, "curves": {}, "eval": _eval(5.0, 6.0), "eval_sampled": _sampled(20.0, 10.0)},
+    ]  # fmt: skip
+    return {"sft": _eval(1.0, 2.0), "sft_sampled": _sampled(40.0, 20.0), "alphas": [1.0, 0.5], "overrides": [],
+            "steps": 2, "runs": runs}  # fmt: skip
 
 
 def test_table_has_a_row_per_run_and_a_mean_per_alpha_with_several_seeds():
-    lines = table(_results()).splitlines()
+    text = table(_results())
+    greedy, sampled = text.split("\n\nSampled")
+    lines = greedy.splitlines()[2:]
     ks = len(data.EVAL_OBJECTIVES)
     assert lines[0].startswith("| model | R^T k=1 |") and lines[1] == "|" + "---|" * (1 + 2 * ks)
     assert lines[2] == "| SFT | " + " | ".join(["1.0"] * ks + ["2.0"] * ks) + " |"
@@ -27,6 +36,15 @@ def test_table_has_a_row_per_run_and_a_mean_per_alpha_with_several_seeds():
     # alpha = 1 over seeds 0 and 1: (10 + 30) / 2 = 20 all-EM, (20 + 40) / 2 = 30 EM; alpha 0.5 has one seed, no mean
     assert lines[6] == "| alpha=1 mean of 2 | " + " | ".join(["20.0"] * ks + ["30.0"] * ks) + " |"
     assert len(lines) == 7
+    rows = sampled.splitlines()[3:]
+    # by hand: SFT (40 + 20) / 2 = 30; seed 0 (50 + 30) / 2 = 40, +10; seed 1 50, +20; alpha 0.5 15, -15
+    assert rows[1] == "| SFT | 40.0 | 20.0 | 30.0 |  |"
+    assert rows[2] == "| alpha=1 seed 0 | 50.0 | 30.0 | 40.0 | +10.0 |"
+    assert rows[3] == "| alpha=1 seed 1 | 60.0 | 40.0 | 50.0 | +20.0 |"
+    assert rows[4] == "| alpha=0.5 seed 0 | 20.0 | 10.0 | 15.0 | -15.0 |"
+    # mean change (10 + 20) / 2 = 15, sample std sqrt((25 + 25) / 1) = 7.07
+    assert rows[5] == "| alpha=1 mean of 2 | | | 45.0 | +15.0 (seed std 7.1) |"
+    assert len(rows) == 6
 
 
 def test_plot_writes_a_png_for_any_alphas(tmp_path):
