@@ -11,8 +11,9 @@
 #
 # OBJECTIVES 0 uses the recipe's own data (k = 1-2, 2-3 turns); OBJECTIVES k > 0 writes synthetic worlds of k
 # one-hop questions in the tiny world's style (k + 1 turns for an optimal agent) with max_turns k + 3, for longer
-# sessions. Each run is `python -m mempo_verl.main` (recipe tiny_cpu, the shipped SFT checkpoint), STEPS steps,
-# no validation and no checkpoint; a run whose metrics.jsonl already holds STEPS steps is kept.
+# sessions. Each run is `python -m mempo_verl.main` (recipe tiny_cpu, the shipped SFT checkpoint or MODEL), STEPS steps,
+# no validation and no checkpoint; a run whose metrics.jsonl already holds STEPS steps is kept. RUNS picks the runs
+# (default: all four); EXTRA adds space-separated overrides to every run.
 set -euo pipefail
 out=${1:-runs/step_split}
 objectives=${2:-0}
@@ -24,6 +25,11 @@ common=(
   "trainer.total_training_steps=$steps" "trainer.val_before_train=false" "trainer.test_freq=1000"
   "trainer.save_freq=1000" "data.shuffle=false" "data.seed=0" "actor_rollout_ref.rollout.seed=0"
 )
+if [ -n "${MODEL:-}" ]; then
+  common+=("actor_rollout_ref.model.path=$MODEL")
+fi
+# shellcheck disable=SC2206  # EXTRA is space-separated overrides
+common+=(${EXTRA:-})
 if [ "$objectives" != 0 ]; then
   "$python" -m mempo_verl.data.cli synthetic --out "$out/data" --objectives "$objectives" --hops 1 \
     --names pool --prompt tiny --train-rows 256 --test-rows 8
@@ -48,9 +54,15 @@ sys.exit($steps not in read_metrics('$dir/metrics.jsonl'))"; then
     > "$dir/console.log" 2>&1
 }
 
-run alpha0 mempo.credit.alpha=0
-run mempo
-run mempo_actor mempo.credit.scorer=actor
-run grpo algorithm.adv_estimator=grpo trainer.v1.trainer_mode=sync mempo.credit.alpha=0
-"$python" -m benchmarks.bench_step_split "alpha0=$out/alpha0" "mempo=$out/mempo" "mempo_actor=$out/mempo_actor" \
-  "grpo=$out/grpo"
+declare -A overrides=(
+  [alpha0]="mempo.credit.alpha=0"
+  [mempo]=""
+  [mempo_actor]="mempo.credit.scorer=actor"
+  [grpo]="algorithm.adv_estimator=grpo trainer.v1.trainer_mode=sync mempo.credit.alpha=0"
+)
+runs=(${RUNS:-alpha0 mempo mempo_actor grpo})
+for name in "${runs[@]}"; do
+  # shellcheck disable=SC2086  # the overrides are space-separated words
+  run "$name" ${overrides[$name]}
+done
+"$python" -m benchmarks.bench_step_split $(for name in "${runs[@]}"; do printf '%s=%s ' "$name" "$out/$name"; done)
