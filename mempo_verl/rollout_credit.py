@@ -133,7 +133,7 @@ class SharedScores:
         owner = (version, asyncio.get_running_loop())
         if owner != self._owner:
             self._owner, self._futures = owner, {}
-        key = tuple(int(i) for i in ids)
+        key = _ids_key(ids)
         future = self._futures.get(key)
         if future is not None:
             return future, False
@@ -143,7 +143,11 @@ class SharedScores:
 
     def forget(self, ids: Sequence[int]) -> None:
         """Drop a failed request, so that a later asker sends it again."""
-        self._futures.pop(tuple(int(i) for i in ids), None)
+        self._futures.pop(_ids_key(ids), None)
+
+
+def _ids_key(ids: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(i) for i in ids)
 
 
 class ScoredSequences(NamedTuple):

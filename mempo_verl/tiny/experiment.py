@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -211,8 +212,7 @@ def table(results: dict[str, Any]) -> str:
     for alpha in results["alphas"]:
         changes = [sampled_rt(r["eval_sampled"]) - base for r in results["runs"] if r["alpha"] == alpha]
         if len(changes) > 1:
-            mean = sum(changes) / len(changes)
-            spread = (sum((c - mean) ** 2 for c in changes) / (len(changes) - 1)) ** 0.5
+            mean, spread = statistics.mean(changes), statistics.stdev(changes)
             empty = "| " * len(trained)
             change = f"{mean:+.1f} (seed std {spread:.1f})"
             lines.append(f"| alpha={alpha:g} mean of {len(changes)} {empty}| {base + mean:.1f} | {change} |")
