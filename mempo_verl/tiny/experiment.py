@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mempo_verl.main import quiet_imports
 from mempo_verl.run_summary import read_metrics
 from mempo_verl.tiny import data
 
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/tiny_world")
     parser.add_argument("--sft-model", help="a Hugging Face folder to start RL from (default: the recipe's SFT)")
     args = parser.parse_args(argv)
+    quiet_imports()  # the evaluations import verl in this process
     out = Path(args.out)
     start = time.perf_counter()
     log("SFT checkpoint (verl's SFT trainer; built once and cached)")
