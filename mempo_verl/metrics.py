@@ -62,7 +62,7 @@ def credit_metrics(
     Args:
         credit: R^M, P[ans|mem] and ε per row.
         advantage: the step's advantages (`advantage.mempo_advantage`): A^M, the gate, the A^M groups' R^M std and
-            noise floor σ_min, the final `(B, T)` token advantages.
+            noise floor σ_min, the prompts with differing R^T, the final `(B, T)` token advantages.
         memory_mask: `(B, T)` 1 inside `<mem>` spans.
         response_mask: `(B, T)` 1 on generated tokens.
     """
@@ -70,6 +70,8 @@ def credit_metrics(
     group_std, group_floor = advantage.memory_group_std, advantage.memory_group_floor
     rows = credit.has_memory
     metrics: dict[str, float] = {"mempo/memory_credit/coverage": rows.float().mean().item() if len(rows) else 0.0}
+    if advantage.mixed_prompts.numel():
+        metrics["mempo/reward_T/mixed_prompts"] = advantage.mixed_prompts.float().mean().item()
     metrics.update(_mean_std("mempo/reward_M", credit.memory_reward[rows]))
     if group_std.numel():
         # the spread A^M's z-score divides by; groups under the floor get A^M shrunk by std / σ_min

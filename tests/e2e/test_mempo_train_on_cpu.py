@@ -140,6 +140,11 @@ def test_trajectory_advantage_is_grpo_over_sessions_given_to_every_segment(tiny_
                 outside = row["advantages"][: span[0]] + row["advantages"][span[1] :]
                 assert outside and all(a == pytest.approx(a_t[session], abs=1e-4) for a in outside)
         nonzero += sum(abs(a) > 0.1 for a in a_t.values())
+        prompt_rewards = defaultdict(set)
+        for session, reward in rewards.items():
+            prompt_rewards[session[0]].add(reward)
+        mixed = sum(len(r) > 1 for r in prompt_rewards.values()) / len(prompt_rewards)
+        assert tiny_world.run_of(step).metric(step, "mempo/reward_T/mixed_prompts") == pytest.approx(mixed), step
     # the SFT checkpoint's sessions are right ~40 % of the time (README "The tiny world"): rewards differ in a prompt
     assert nonzero > 0, "every prompt's sessions got the same reward in steps 1-3: A^T was 0 throughout"
 

@@ -197,8 +197,10 @@ def test_episode_and_credit_metrics_by_hand():
         memory_gated=torch.tensor([False, True, False]),  # row 1's A^M (-0.7) gated to 0
         memory_group_std=group_std,
         memory_group_floor=group_floor,
+        mixed_prompts=torch.tensor([True, False, False, False]),
     )
     out = credit_metrics(credit, advantage, memory_mask, response_mask)
+    assert out["mempo/reward_T/mixed_prompts"] == 0.25  # 1 of 4 prompts
     assert out["mempo/adv_M/gated"] == 0.5  # 1 of the 2 rows with R^M
     assert out["mempo/adv_M/mean"] == pytest.approx(0.35)  # (0.7 + 0) / 2, over rows with R^M
     assert out["mempo/reward_M/group_std/mean"] == pytest.approx(0.1405)  # (0.28 + 0.001) / 2
