@@ -304,8 +304,6 @@ class MemPOAdvantage:
         memory_gated: `(B,)` bool, a memory segment whose A^M the gate set to 0.
         memory_group_std: `(G,)` unbiased std of R^M in each A^M group of two or more members (before the gate).
         memory_group_floor: `(G,)` each such group's noise floor σ_min.
-        mixed_prompts: `(P,)` bool per prompt: its sessions' R^T differ (with two or more sessions a prompt, only
-            these get a non-zero A^T).
     """
 
     tokens: torch.Tensor
@@ -314,7 +312,6 @@ class MemPOAdvantage:
     memory_gated: torch.Tensor
     memory_group_std: torch.Tensor
     memory_group_floor: torch.Tensor
-    mixed_prompts: torch.Tensor
 
 
 def mempo_advantage(
@@ -383,8 +380,6 @@ def mempo_advantage(
 
         # 2. A^T per session (GRPO over the prompt's sessions), given to every segment of the session
         session_adv = trajectory_advantage(session_rewards, session_prompts, norm_adv_by_std_in_grpo, epsilon)
-        prompt_sessions = group_members(session_prompts).values()
-        mixed = torch.tensor([session_rewards[s].unique().numel() > 1 for s in prompt_sessions], dtype=torch.bool)
         position = {session: i for i, session in enumerate(sessions)}
         segment_traj_adv = session_adv[[position[s] for s in session_index]]  # (B,)
 
@@ -412,7 +407,7 @@ def mempo_advantage(
         # 5. Eq. 10 (optional): every trajectory weighs the same in the loss
         if loss_normalization == "trajectory_mean":
             advantages = advantages * trajectory_mean_weights(session_index, response_mask).unsqueeze(-1)
-    return MemPOAdvantage(advantages, segment_traj_adv, segment_mem_adv, gated, group_std, group_floor, mixed)
+    return MemPOAdvantage(advantages, segment_traj_adv, segment_mem_adv, gated, group_std, group_floor)
 
 
 @register_adv_est("mempo")

@@ -6,6 +6,7 @@ Notation: B rows (segments) of the step, T response tokens.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -21,19 +22,27 @@ def _mean_std(prefix: str, values: torch.Tensor) -> dict[str, float]:
     return {f"{prefix}/mean": values.mean().item(), f"{prefix}/std": std}
 
 
-def episode_metrics(segments: list[Segment | None], session_rewards: torch.Tensor) -> dict[str, float]:
+def episode_metrics(
+    segments: list[Segment | None], session_rewards: torch.Tensor, prompts: Sequence[Hashable]
+) -> dict[str, float]:
     """Per-trajectory numbers read from each session's last segment.
 
     Args:
         segments: `(B,)` segment metadata, None for padding rows.
         session_rewards: `(B,)` R^T of each row's session (verl copies the session's reward to every segment).
+        prompts: `(B,)` prompt id (verl's `uid`) of each row.
     """
     last = [(row, s) for row, s in enumerate(segments) if s is not None and s.is_last]
     if not last:
         return {}
     episodes = [s.episode for _, s in last]
+    prompt_rewards: dict[Hashable, set[float]] = {}
+    for row, _ in last:
+        prompt_rewards.setdefault(prompts[row], set()).add(session_rewards[row].item())
     metrics = {
         "mempo/reward_T/mean": session_rewards[[row for row, _ in last]].float().mean().item(),
+        # GRPO's signal: with two or more sessions a prompt, only these prompts get a non-zero A^T
+        "mempo/reward_T/mixed_prompts": sum(len(r) > 1 for r in prompt_rewards.values()) / len(prompt_rewards),
         "mempo/turns/mean": sum(e.num_turns for e in episodes) / len(episodes),
         "mempo/tokens_total/mean": sum(e.total_tokens for e in episodes) / len(episodes),  # TT
         "mempo/tokens_peak/mean": sum(e.peak_tokens for e in episodes) / len(episodes),  # PT
@@ -62,7 +71,7 @@ def credit_metrics(
     Args:
         credit: R^M, P[ans|mem] and ε per row.
         advantage: the step's advantages (`advantage.mempo_advantage`): A^M, the gate, the A^M groups' R^M std and
-            noise floor σ_min, the prompts with differing R^T, the final `(B, T)` token advantages.
+            noise floor σ_min, the final `(B, T)` token advantages.
         memory_mask: `(B, T)` 1 inside `<mem>` spans.
         response_mask: `(B, T)` 1 on generated tokens.
     """
@@ -70,8 +79,6 @@ def credit_metrics(
     group_std, group_floor = advantage.memory_group_std, advantage.memory_group_floor
     rows = credit.has_memory
     metrics: dict[str, float] = {"mempo/memory_credit/coverage": rows.float().mean().item() if len(rows) else 0.0}
-    if advantage.mixed_prompts.numel():
-        metrics["mempo/reward_T/mixed_prompts"] = advantage.mixed_prompts.float().mean().item()
     metrics.update(_mean_std("mempo/reward_M", credit.memory_reward[rows]))
     if group_std.numel():
         # the spread A^M's z-score divides by; groups under the floor get A^M shrunk by std / σ_min

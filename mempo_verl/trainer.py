@@ -412,7 +412,7 @@ class MemPOTrainer(PPOTrainerSync):
         )
         proto.batch["advantages"] = proto.batch["returns"] = advantage.tokens  # returns = advantages, as GRPO
         rewards = proto.batch["token_level_scores"].sum(dim=-1)
-        metrics.update(episode_metrics(segments, rewards))
+        metrics.update(episode_metrics(segments, rewards, list(proto.non_tensor_batch["uid"])))
         metrics.update(credit_metrics(credit, advantage, memory_mask, response_mask))
         if self.mempo.run.credit_dump_dir:
             ids = tq.kv_batch_get(

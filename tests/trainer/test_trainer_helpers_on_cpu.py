@@ -178,8 +178,9 @@ def _credit(rewards, p_mem, p_base, has):
 
 def test_episode_and_credit_metrics_by_hand():
     segments = [_segment(0, [_turn(0)]), _segment(1, [_turn(1)], is_last=True, peak=120), None]
-    metrics = episode_metrics(segments, session_rewards=torch.tensor([1.0, 1.0, 0.0]))
+    metrics = episode_metrics(segments, session_rewards=torch.tensor([1.0, 1.0, 0.0]), prompts=["p", "p", "pad"])
     assert metrics["mempo/reward_T/mean"] == 1.0  # one session, R^T = 1 (read on its last row)
+    assert metrics["mempo/reward_T/mixed_prompts"] == 0.0  # one prompt, one session; the padding row is no prompt
     assert metrics["mempo/turns/mean"] == 2 and metrics["mempo/tokens_peak/mean"] == 120
     assert metrics["mempo/tokens_total/mean"] == 212  # TT = 2 turns x 106 tokens
     assert metrics["mempo/termination/answer"] == 1.0
@@ -197,10 +198,8 @@ def test_episode_and_credit_metrics_by_hand():
         memory_gated=torch.tensor([False, True, False]),  # row 1's A^M (-0.7) gated to 0
         memory_group_std=group_std,
         memory_group_floor=group_floor,
-        mixed_prompts=torch.tensor([True, False, False, False]),
     )
     out = credit_metrics(credit, advantage, memory_mask, response_mask)
-    assert out["mempo/reward_T/mixed_prompts"] == 0.25  # 1 of 4 prompts
     assert out["mempo/adv_M/gated"] == 0.5  # 1 of the 2 rows with R^M
     assert out["mempo/adv_M/mean"] == pytest.approx(0.35)  # (0.7 + 0) / 2, over rows with R^M
     assert out["mempo/reward_M/group_std/mean"] == pytest.approx(0.1405)  # (0.28 + 0.001) / 2
@@ -394,6 +393,14 @@ def test_actor_scoring_path_matches_a_loop_over_the_gold_tokens(monkeypatch, tok
     assert trainer.actor_rollout_wg.row_counts == [16] and len(store.cleared) == 16
 
 
+def test_mixed_prompts_count_real_sessions_only():
+    # prompt a: sessions with R^T 1 and 0 (mixed); prompt b: 0 and 0; a padding row with its own uid and R^T 1
+    segments = [_segment(0, [_turn(0)], is_last=True) for _ in range(4)] + [None]
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0])
+    metrics = episode_metrics(segments, session_rewards=rewards, prompts=["a", "a", "b", "b", "pad"])
+    assert metrics["mempo/reward_T/mixed_prompts"] == 0.5  # 1 of the 2 real prompts
+
+
 def test_env_failures_are_counted_by_kind_per_session():
     refused = dict(observation_ok=False, observation_error="retriever_unavailable")
     unknown = dict(observation_ok=False, observation_error="not_found")
@@ -403,7 +410,7 @@ def test_env_failures_are_counted_by_kind_per_session():
         [_segment(0, [_turn(0, **unknown)]), _segment(1, [_turn(1)], is_last=True)],
     ]
     segments = [segment for session in sessions for segment in session] + [None]  # a padding row counts nothing
-    metrics = episode_metrics(segments, session_rewards=torch.zeros(5))
+    metrics = episode_metrics(segments, session_rewards=torch.zeros(5), prompts=["p"] * 5)
     assert metrics["mempo/env_failures/retriever_unavailable"] == 1.0  # 2 refused calls over 2 sessions
     assert metrics["mempo/env_failures/not_found"] == 0.5  # 1 over 2
     assert not any(key.startswith("mempo/env_failures/") and key.endswith("None") for key in metrics)
