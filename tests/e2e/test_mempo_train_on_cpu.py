@@ -180,8 +180,8 @@ def test_step_1_moves_every_weight_up_the_gradient_of_the_advantage_weighted_log
     -lr g / (|g| + eps) (bias-corrected), g the loss gradient: every weight with a real gradient moves *against*
     the loss, i.e. along sign(∇ Σ_t A_t log π_t) of the dumped rows. Recomputing that gradient here, with a plain
     fp32 forward of the dumped token ids and advantages, checks that the trainer applied exactly these advantages to
-    exactly these tokens: the wrong sign leaves every weight moving the wrong way, advantages shifted by a few
-    tokens a few per cent of it.
+    exactly these tokens: the wrong sign leaves every weight moving the wrong way, advantages shifted by 5 tokens 5 %
+    of it; a shift by one token (most of a row's tokens carry the same A) is below what this check resolves.
     Only step 1: from step 2 Adam's momentum mixes in step 1's gradient."""
     from transformers import AutoModelForCausalLM
 
