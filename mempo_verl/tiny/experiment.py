@@ -10,14 +10,17 @@ data order (``data.seed``) and the rollout seed set, plus any ``--set`` override
 ``--sft-model`` or the recipe's own (``${mempo_tiny_world:sft_model}``: the shipped checkpoint, or trained once by
 verl's SFT trainer). Evaluation is ``mempo-eval``'s runner with the ``memory`` context, twice per checkpoint: greedy
 over held-out worlds with k = 1-4 (k = 3, 4: more objectives than trained), and sampled at temperature 1 (the policy
-RL optimises) over ``data.SAMPLED_EVAL_ROWS`` held-out worlds per trained k. Writes ``<out>/results.md`` (the tables),
-``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs and evaluations.
+RL optimises) over ``--sampled-worlds`` held-out worlds per trained k (default ``data.SAMPLED_EVAL_ROWS``, where the
+binomial standard error of a 40 % R^T is 3 points per k; more worlds narrow it as 1/sqrt(N)), with the worlds each run
+won and lost against SFT's evaluation. Writes ``<out>/results.md`` (the tables), ``<out>/curves.png`` and
+``<out>/results.json``; a rerun reuses finished runs and evaluations.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -49,19 +52,18 @@ SAMPLED_TEMPERATURE = 1.0
 def evaluate(model: str, out_dir: Path, examples: int, sampled: bool = False) -> dict[int, dict[str, float]]:
     """Held-out EM / F1 / R^T / TT / PT per k of ``model`` (``memory`` context), resumable in ``out_dir``: greedy
     over ``examples`` worlds per k of ``data.EVAL_OBJECTIVES``, or ``sampled`` at ``SAMPLED_TEMPERATURE`` over
-    ``data.SAMPLED_EVAL_ROWS`` worlds per trained k (one seed per world and turn, the same for every model)."""
+    ``examples`` worlds per trained k (one seed per world and turn, the same for every model)."""
     from mempo_verl.config import EnvConfig
     from mempo_verl.eval import BackendConfig, BudgetConfig, EvalConfig, SamplingConfig, run_eval
 
     objectives = data.TRAIN_OBJECTIVES if sampled else data.EVAL_OBJECTIVES
-    rows = data.SAMPLED_EVAL_ROWS if sampled else examples
     config = EvalConfig(
         backend=BackendConfig(model=model, threads=1),  # one thread: two spin-wait when the other core is busy
         out_dir=str(out_dir),
         methods=("memory",),
         objectives=objectives,
-        data=data.tiny_world_eval_sets(rows, objectives),
-        max_examples=rows,
+        data=data.tiny_world_eval_sets(examples, objectives),
+        max_examples=examples,
         sampling=SamplingConfig(temperature=SAMPLED_TEMPERATURE if sampled else 0.0),
         budget=BudgetConfig(max_turns=data.MAX_TURNS, prompt_length=512, turn_tokens=96),
         env=EnvConfig(name="synthetic", kwargs={"prompt": data.PROMPT}),
@@ -112,6 +114,24 @@ def train(out_dir: Path, seed: int, alpha: float, steps: int, sft_model: str, ov
         env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl")}
         subprocess.run(command, check=True, stdout=console, stderr=subprocess.STDOUT, env=env)
     return run_dir
+
+
+def paired_flips(run_dir: Path, base_dir: Path) -> dict[str, float]:
+    """The worlds a run's sampled evaluation (``run_dir``) gets right (all answers) where the SFT checkpoint's
+    (``base_dir``) got them wrong, ``up``, and the reverse, ``down``, over the worlds both finished; ``p`` is the exact
+    two-sided sign test of up against down (McNemar's). Both evaluations draw every world's turns with the same seeds,
+    so the pair shares the worlds' difficulty and the change is read where the two policies part."""
+    from mempo_verl.eval.report import load_run
+
+    def right(folder: Path) -> dict[str, bool]:
+        return {r.key: r.metrics.all_em for r in load_run(folder) if r.status == "ok" and r.metrics is not None}
+
+    run, base = right(run_dir), right(base_dir)
+    shared = run.keys() & base.keys()
+    up = sum(run[key] and not base[key] for key in shared)
+    down = sum(base[key] and not run[key] for key in shared)
+    tail = sum(math.comb(up + down, i) for i in range(min(up, down) + 1)) / 2 ** (up + down)
+    return {"up": up, "down": down, "p": min(1.0, 2 * tail)}
 
 
 def sampled_rt(ev: dict[str, dict[str, float]]) -> float:
@@ -173,7 +193,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def table(results: dict[str, Any]) -> str:
     """Markdown: held-out greedy R^T (all answers right, %) and EM per k for SFT and each run, then the seed means;
-    then the sampled held-out R^T per trained k and its change from SFT, with the seeds' mean and spread."""
+    then the sampled held-out R^T per trained k and its change from SFT (with the worlds won and lost against SFT's
+    evaluation, ``paired_flips``), and the seeds' mean and spread."""
     ks = data.EVAL_OBJECTIVES
     head = "| model | " + " | ".join(f"R^T k={k}" for k in ks) + " | " + " | ".join(f"EM k={k}" for k in ks) + " |"
     lines = ["Greedy:", "", head, "|" + "---|" * (1 + 2 * len(ks))]
@@ -195,28 +216,32 @@ def table(results: dict[str, Any]) -> str:
     trained = data.TRAIN_OBJECTIVES
     lines += [
         "",
-        f"Sampled (temperature {SAMPLED_TEMPERATURE:g}, {data.SAMPLED_EVAL_ROWS} held-out worlds per k):",
+        f"Sampled (temperature {SAMPLED_TEMPERATURE:g}, {results['sampled_worlds']} held-out worlds per k):",
         "",
-        "| model | " + " | ".join(f"R^T k={k}" for k in trained) + " | R^T mean | change from SFT |",
-        "|" + "---|" * (3 + len(trained)),
+        "| model | "
+        + " | ".join(f"R^T k={k}" for k in trained)
+        + " | R^T mean | change from SFT | worlds won / lost against SFT | sign test p |",
+        "|" + "---|" * (5 + len(trained)),
     ]
     base = sampled_rt(results["sft_sampled"])
 
-    def sampled_row(name: str, ev: dict[str, dict[str, float]]) -> str:
+    def sampled_row(name: str, ev: dict[str, dict[str, float]], flips: dict[str, float] | None = None) -> str:
         cells = [f"{ev[str(k)]['all_em']:.1f}" for k in trained]
-        change = "" if ev is results["sft_sampled"] else f"{sampled_rt(ev) - base:+.1f}"
-        return f"| {name} | " + " | ".join(cells) + f" | {sampled_rt(ev):.1f} | {change} |"
+        change = "" if flips is None else f"{sampled_rt(ev) - base:+.1f}"
+        paired = " | " if flips is None else f"{flips['up']} / {flips['down']} | {flips['p']:.3f}"
+        return f"| {name} | " + " | ".join(cells) + f" | {sampled_rt(ev):.1f} | {change} | {paired} |"
 
     lines.append(sampled_row("SFT", results["sft_sampled"]))
     for run in results["runs"]:
-        lines.append(sampled_row(f"alpha={run['alpha']:g} seed {run['seed']}", run["eval_sampled"]))
+        name = f"alpha={run['alpha']:g} seed {run['seed']}"
+        lines.append(sampled_row(name, run["eval_sampled"], run["flips_sampled"]))
     for alpha in results["alphas"]:
         changes = [sampled_rt(r["eval_sampled"]) - base for r in results["runs"] if r["alpha"] == alpha]
         if len(changes) > 1:
             mean, spread = statistics.mean(changes), statistics.stdev(changes)
             empty = "| " * len(trained)
             change = f"{mean:+.1f} (seed std {spread:.1f})"
-            lines.append(f"| alpha={alpha:g} mean of {len(changes)} {empty}| {base + mean:.1f} | {change} |")
+            lines.append(f"| alpha={alpha:g} mean of {len(changes)} {empty}| {base + mean:.1f} | {change} | | |")
     return "\n".join(lines)
 
 
@@ -234,6 +259,12 @@ def main(argv: list[str] | None = None) -> None:
         help="a Hydra override for every RL run (repeatable), e.g. mempo.credit.memory_gate=task_success",
     )
     parser.add_argument("--eval-examples", type=int, default=data.EVAL_ROWS, help="held-out worlds per k, greedy")
+    parser.add_argument(
+        "--sampled-worlds",
+        type=int,
+        default=data.SAMPLED_EVAL_ROWS,
+        help="held-out worlds per trained k, sampled (one world is 100/N points of R^T)",
+    )
     parser.add_argument("--out", default="runs/tiny_world")
     parser.add_argument("--sft-model", help="a Hugging Face folder to start RL from (default: the recipe's SFT)")
     args = parser.parse_args(argv)
@@ -244,10 +275,14 @@ def main(argv: list[str] | None = None) -> None:
     sft_model = args.sft_model or data.tiny_world_sft_model()
     log(f"evaluating the SFT checkpoint on held-out worlds, greedy and sampled: {sft_model}")
     alphas = [float(a) for a in args.alphas.split(",")]
+    worlds = args.sampled_worlds
+    # the default's folders keep their names, so that earlier experiments resume
+    sampled_dir = "eval_sampled" if worlds == data.SAMPLED_EVAL_ROWS else f"eval_sampled{worlds}"
     results: dict[str, Any] = {
         "sft_model": sft_model,
+        "sampled_worlds": worlds,
         "sft": evaluate(sft_model, out / "eval_sft", args.eval_examples),
-        "sft_sampled": evaluate(sft_model, out / "eval_sampled_sft", args.eval_examples, sampled=True),
+        "sft_sampled": evaluate(sft_model, out / f"{sampled_dir}_sft", worlds, sampled=True),
     }
     results.update(alphas=alphas, overrides=args.overrides, steps=args.steps, runs=[])
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -258,13 +293,15 @@ def main(argv: list[str] | None = None) -> None:
             metrics = read_metrics(run_dir / "metrics.jsonl")
             curves = {key: [(s, m[key]) for s, m in sorted(metrics.items()) if key in m] for key, _ in CURVES}
             name = f"seed{seed}_alpha{alpha:g}"
+            sampled = evaluate(model, out / f"{sampled_dir}_{name}", worlds, sampled=True)
             results["runs"].append(
                 {
                     "seed": seed,
                     "alpha": alpha,
                     "curves": curves,
                     "eval": evaluate(model, out / f"eval_{name}", args.eval_examples),
-                    "eval_sampled": evaluate(model, out / f"eval_sampled_{name}", args.eval_examples, sampled=True),
+                    "eval_sampled": sampled,
+                    "flips_sampled": paired_flips(out / f"{sampled_dir}_{name}", out / f"{sampled_dir}_sft"),
                 }
             )
     results = json.loads(json.dumps(results))  # int k keys -> str, as read back
