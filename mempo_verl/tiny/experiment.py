@@ -181,7 +181,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.scatter([position] * len(values), values, color=colors.get(alpha), label=f"alpha={alpha:g} (a seed each)")
         ax.plot([position - 0.2, position + 0.2], [sum(values) / len(values)] * 2, color=colors.get(alpha))
     ax.set(
-        title=f"held-out R^T, sampled T={SAMPLED_TEMPERATURE:g} (%), k = 1-2",
+        title=f"held-out R^T, sampled T={SAMPLED_TEMPERATURE:g} (%), k = 1-2, {results['sampled_worlds']} worlds each",
         xticks=range(len(results["alphas"])),
         xticklabels=[f"alpha={a:g}" for a in results["alphas"]],
         xlim=(-0.6, len(results["alphas"]) - 0.4),
@@ -228,7 +228,8 @@ def table(results: dict[str, Any]) -> str:
     def sampled_row(name: str, ev: dict[str, dict[str, float]], flips: dict[str, float] | None = None) -> str:
         cells = [f"{ev[str(k)]['all_em']:.1f}" for k in trained]
         change = "" if flips is None else f"{sampled_rt(ev) - base:+.1f}"
-        paired = " | " if flips is None else f"{flips['up']} / {flips['down']} | {flips['p']:.3f}"
+        p = "" if flips is None else (f"{flips['p']:.3f}" if flips["p"] >= 0.001 else f"{flips['p']:.0e}")
+        paired = " | " if flips is None else f"{flips['up']} / {flips['down']} | {p}"
         return f"| {name} | " + " | ".join(cells) + f" | {sampled_rt(ev):.1f} | {change} | {paired} |"
 
     lines.append(sampled_row("SFT", results["sft_sampled"]))

@@ -47,7 +47,7 @@ def test_table_has_a_row_per_run_and_a_mean_per_alpha_with_several_seeds():
     assert rows[0] == "|---|---|---|---|---|---|---|"
     assert rows[1] == "| SFT | 40.0 | 20.0 | 30.0 |  |  |  |"
     assert rows[2] == "| alpha=1 seed 0 | 50.0 | 30.0 | 40.0 | +10.0 | 30 / 10 | 0.002 |"
-    assert rows[3] == "| alpha=1 seed 1 | 60.0 | 40.0 | 50.0 | +20.0 | 45 / 5 | 0.000 |"
+    assert rows[3] == "| alpha=1 seed 1 | 60.0 | 40.0 | 50.0 | +20.0 | 45 / 5 | 1e-09 |"
     assert rows[4] == "| alpha=0.5 seed 0 | 20.0 | 10.0 | 15.0 | -15.0 | 2 / 32 | 0.500 |"
     # mean change (10 + 20) / 2 = 15, sample std sqrt((25 + 25) / 1) = 7.07
     assert rows[5] == "| alpha=1 mean of 2 | | | 45.0 | +15.0 (seed std 7.1) | | |"
