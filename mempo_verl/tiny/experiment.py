@@ -8,12 +8,12 @@ SFT checkpoint with the same seeds, each checkpoint evaluated on held-out worlds
 Each RL run is the user CLI (``python -m mempo_verl.main``, recipe ``tiny_cpu``) with ``mempo.credit.alpha``, the
 data order (``data.seed``) and the rollout seed set, plus any ``--set`` overrides, all from one SFT checkpoint:
 ``--sft-model`` or the recipe's own (``${mempo_tiny_world:sft_model}``: the shipped checkpoint, or trained once by
-verl's SFT trainer). Evaluation is ``mempo-eval``'s runner with the ``memory`` context, twice per checkpoint: greedy
-over held-out worlds with k = 1-4 (k = 3, 4: more objectives than trained), and sampled at temperature 1 (the policy
-RL optimises) over ``--sampled-worlds`` held-out worlds per trained k (default ``data.SAMPLED_EVAL_ROWS``, where the
-binomial standard error of a 40 % R^T is 3 points per k; more worlds narrow it as 1/sqrt(N)), with the worlds each run
-won and lost against SFT's evaluation. Writes ``<out>/results.md`` (the tables), ``<out>/curves.png`` and
-``<out>/results.json``; a rerun reuses finished runs and evaluations.
+verl's SFT trainer). Evaluation is ``mempo-eval``'s runner with the ``memory`` context, twice per checkpoint, the two
+side by side (a process and a core each): greedy over held-out worlds with k = 1-4 (k = 3, 4: more objectives than
+trained), and sampled at temperature 1 (the policy RL optimises) over ``--sampled-worlds`` held-out worlds per trained
+k (default ``data.SAMPLED_EVAL_ROWS``, where the binomial standard error of a 40 % R^T is 3 points per k; more worlds
+narrow it as 1/sqrt(N)), with the worlds each run won and lost against SFT's evaluation. Writes ``<out>/results.md``
+(the tables), ``<out>/curves.png`` and ``<out>/results.json``; a rerun reuses finished runs and evaluations.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -269,42 +271,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/tiny_world")
     parser.add_argument("--sft-model", help="a Hugging Face folder to start RL from (default: the recipe's SFT)")
     args = parser.parse_args(argv)
-    quiet_imports()  # the evaluations import verl in this process
+    quiet_imports()  # as in the evaluation workers, which import verl
     out = Path(args.out)
     start = time.perf_counter()
     log("SFT checkpoint (verl's SFT trainer; built once and cached)")
     sft_model = args.sft_model or data.tiny_world_sft_model()
-    log(f"evaluating the SFT checkpoint on held-out worlds, greedy and sampled: {sft_model}")
     alphas = [float(a) for a in args.alphas.split(",")]
     worlds = args.sampled_worlds
     # the default's folders keep their names, so that earlier experiments resume
     sampled_dir = "eval_sampled" if worlds == data.SAMPLED_EVAL_ROWS else f"eval_sampled{worlds}"
-    results: dict[str, Any] = {
-        "sft_model": sft_model,
-        "sampled_worlds": worlds,
-        "sft": evaluate(sft_model, out / "eval_sft", args.eval_examples),
-        "sft_sampled": evaluate(sft_model, out / f"{sampled_dir}_sft", worlds, sampled=True),
-    }
-    results.update(alphas=alphas, overrides=args.overrides, steps=args.steps, runs=[])
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for alpha in alphas:
-            run_dir = train(out, seed, alpha, args.steps, sft_model, args.overrides)
-            model = str(run_dir / f"global_step_{args.steps}" / "actor" / "huggingface")
-            log(f"evaluating alpha={alpha:g} seed={seed}, greedy and sampled")
-            metrics = read_metrics(run_dir / "metrics.jsonl")
-            curves = {key: [(s, m[key]) for s, m in sorted(metrics.items()) if key in m] for key, _ in CURVES}
-            name = f"seed{seed}_alpha{alpha:g}"
-            sampled = evaluate(model, out / f"{sampled_dir}_{name}", worlds, sampled=True)
-            results["runs"].append(
-                {
-                    "seed": seed,
-                    "alpha": alpha,
-                    "curves": curves,
-                    "eval": evaluate(model, out / f"eval_{name}", args.eval_examples),
-                    "eval_sampled": sampled,
-                    "flips_sampled": paired_flips(out / f"{sampled_dir}_{name}", out / f"{sampled_dir}_sft"),
-                }
-            )
+    spawn = multiprocessing.get_context("spawn")  # why: forking a process that runs threads (torch's) is unsafe
+    with ProcessPoolExecutor(max_workers=2, mp_context=spawn, initializer=quiet_imports) as pool:
+
+        def evaluate_both(model: str, name: str) -> tuple[dict, dict]:
+            """A checkpoint's greedy and sampled evaluations side by side, a core each (each runs one torch
+            thread): between RL runs both cores are free."""
+            greedy = pool.submit(evaluate, model, out / f"eval_{name}", args.eval_examples)
+            sampled = pool.submit(evaluate, model, out / f"{sampled_dir}_{name}", worlds, True)
+            return greedy.result(), sampled.result()
+
+        log(f"evaluating the SFT checkpoint on held-out worlds, greedy and sampled: {sft_model}")
+        sft, sft_sampled = evaluate_both(sft_model, "sft")
+        results: dict[str, Any] = {"sft_model": sft_model, "sampled_worlds": worlds, "sft": sft}
+        results.update(sft_sampled=sft_sampled, alphas=alphas, overrides=args.overrides, steps=args.steps, runs=[])
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for alpha in alphas:
+                run_dir = train(out, seed, alpha, args.steps, sft_model, args.overrides)
+                model = str(run_dir / f"global_step_{args.steps}" / "actor" / "huggingface")
+                log(f"evaluating alpha={alpha:g} seed={seed}, greedy and sampled")
+                metrics = read_metrics(run_dir / "metrics.jsonl")
+                curves = {key: [(s, m[key]) for s, m in sorted(metrics.items()) if key in m] for key, _ in CURVES}
+                name = f"seed{seed}_alpha{alpha:g}"
+                greedy, sampled = evaluate_both(model, name)
+                flips = paired_flips(out / f"{sampled_dir}_{name}", out / f"{sampled_dir}_sft")
+                run = {"seed": seed, "alpha": alpha, "curves": curves, "eval": greedy, "eval_sampled": sampled}
+                results["runs"].append({**run, "flips_sampled": flips})
     results = json.loads(json.dumps(results))  # int k keys -> str, as read back
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(table(results) + "\n")
