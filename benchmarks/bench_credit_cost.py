@@ -152,7 +152,7 @@ def rollout_server(path: str, enabled: bool, block_size: int | None = None) -> I
 def rollout_computed_tokens(server: Any, sessions: list, tokenizer: Any) -> dict[str, int]:
     """The rollout scorer's work on ``sessions`` through ``server``, from a cold prefix cache: Σ of the sessions'
     ``CreditStats`` (computed tokens, retries, ε contexts cut)."""
-    from mempo_verl.rollout_credit import SessionScorer, score_session
+    from mempo_verl.rollout_credit import score_session
     from mempo_verl.segments import Segment
 
     async def run_all() -> list:
@@ -160,8 +160,7 @@ def rollout_computed_tokens(server: Any, sessions: list, tokenizer: Any) -> dict
         stats = []
         for index, session in enumerate(sessions):
             segments = [Segment.from_extra_fields(o.extra_fields) for o in session]
-            scorer = SessionScorer(server.generate, f"bench-{index}")
-            scored = await score_session(scorer, segments, tokenizer, "prefix", None)
+            scored = await score_session(server.generate, f"bench-{index}", segments, tokenizer, "prefix", None)
             stats.append(scored[-1].credit_stats)
         return stats
 

@@ -48,7 +48,7 @@ from mempo_verl.envs import Environment, Observation, make_env
 from mempo_verl.layout import LAYOUTS, Row, SegmentLayout, TurnPrompt
 from mempo_verl.protocol import DEFAULT_EOS_STRINGS, Turn, parse_turn, strip_eos
 from mempo_verl.rewards import trajectory_format_valid, validate_reward_mode
-from mempo_verl.rollout_credit import SessionScorer, SharedScores, plan_session, score_session
+from mempo_verl.rollout_credit import SharedScores, score_session
 from mempo_verl.segments import (
     EpisodeSummary,
     Segment,
@@ -129,8 +129,6 @@ class EpisodeState:
     pending: _Generation | None = None
     termination: TerminationReason | None = None
     env_failures: int = 0
-    scorer: SessionScorer | None = None
-    """``scorer: rollout`` with α ≠ 0: the session's memory-credit requests (``rollout_credit.py``)."""
 
 
 @register("mempo_agent")
@@ -174,12 +172,13 @@ class MemPOAgentLoop(AgentLoopBase):
         while status is not LoopState.TERMINATED:
             status = await self._handlers[status](state)
         segments = self._segments(state)
-        if state.scorer is not None:
-            # session end: P[ans | q, mem_t] and ε_t of every turn from the rollout server (rollout_credit.py),
-            # most of them sent as their turns committed
+        if self.mempo.credit.scorer == "rollout" and self.mempo.credit.alpha != 0:
+            # session end: P[ans | q, mem_t] and ε_t of every turn from the rollout server (rollout_credit.py);
+            # α = 0 never reads them
             segments = await score_session(
-                state.scorer, segments, self.tokenizer, self.mempo.credit.baseline, self.scoring_window,
-                self.mempo.tags, version=self._weights_version(state),
+                self.server_manager.generate, state.request_id, segments, self.tokenizer,
+                self.mempo.credit.baseline, self.scoring_window, self.mempo.tags,
+                shared=self.shared_scores, version=state.generations[-1].server_fields.get("global_steps"),
             )  # fmt: skip
         return self._outputs(state, segments)
 
@@ -190,13 +189,10 @@ class MemPOAgentLoop(AgentLoopBase):
         # a row's own reward mode (a dataset mixing modes) wins over the run-wide default
         reward_mode = validate_reward_mode(row_mode) if row_mode is not None else self.mempo.reward.mode
         deterministic = getattr(self.rollout_config, "full_determinism", False)
-        request_id = f"det-{int(sample.get('priority', 0))}" if deterministic else uuid4().hex
-        # α = 0 never reads P[ans | ·]: nothing is scored
-        scored = self.mempo.credit.scorer == "rollout" and self.mempo.credit.alpha != 0
         return EpisodeState(
             sample=sample,
             sampling_params=dict(sampling_params),
-            request_id=request_id,
+            request_id=f"det-{int(sample.get('priority', 0))}" if deterministic else uuid4().hex,
             episode=EpisodeContext(
                 task_prompt=self.env.task_prompt(sample),
                 question_text=render_questions(questions),
@@ -209,7 +205,6 @@ class MemPOAgentLoop(AgentLoopBase):
             layout=self.layout_class(
                 self.continuous_token_builder, self.tool_schemas, self.prompt_length, self.response_length
             ),
-            scorer=SessionScorer(self.server_manager.generate, request_id, self.shared_scores) if scored else None,
         )
 
     # ------------------------------------------------------------------------------------------ state handlers
@@ -286,18 +281,7 @@ class MemPOAgentLoop(AgentLoopBase):
         if not pending.observation.ok:
             state.env_failures += 1
         self._commit_turn(state)
-        if state.scorer is not None:
-            # why: the turn's scoring requests run while the session's later turns generate (rollout_credit.py)
-            segments = self._segments(state, ended=False)
-            plan = plan_session(segments, self.tokenizer, self.mempo.credit.baseline, self.scoring_window,
-                                self.mempo.tags, rows=[len(segments) - 1])  # fmt: skip
-            state.scorer.send(plan.sequences, self._weights_version(state))
         return LoopState.BUILD_CONTEXT
-
-    @staticmethod
-    def _weights_version(state: EpisodeState) -> Any:
-        """The weights of the session's latest generation (verl's ``global_steps``; None when unknown)."""
-        return state.generations[-1].server_fields.get("global_steps")
 
     def _end_turn(self, state: EpisodeState, reason: TerminationReason) -> LoopState:
         state.termination = reason
@@ -361,14 +345,13 @@ class MemPOAgentLoop(AgentLoopBase):
 
     # ------------------------------------------------------------------------------------------ outputs
 
-    def _segments(self, state: EpisodeState, *, ended: bool = True) -> list[Segment]:
-        """The session's segments, one per row of its layout (one per turn, or one for the trajectory); with
-        ``ended`` False, those of the turns so far, none of them the last (the rollout scorer's per-turn plan)."""
+    def _segments(self, state: EpisodeState) -> list[Segment]:
+        """The session's segments, one per row of its layout (one per turn, or one for the trajectory)."""
         if not state.turns:
             # why: only reachable when the first prompt is over budget, which raised in BUILD_CONTEXT
             raise RuntimeError("a session ended without any turn")
         groups = [[state.turns[t] for t in row.turns] for row in state.layout.rows()]
-        final, last = (self._final(state), len(groups) - 1) if ended else ({}, -1)
+        final, last = self._final(state), len(groups) - 1
         return [
             self._segment(state, i, group, is_last=i == last, final=final if i == last else {})
             for i, group in enumerate(groups)

@@ -26,7 +26,7 @@ Log-prob convention (``token_logprobs``): position i holds log π(input_ids[i] |
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -436,7 +436,6 @@ def plan_memory_credit(
     baseline: BaselineMode = "prefix",
     tags: TagSet = DEFAULT_TAGS,
     max_length: int | None = None,
-    rows: Collection[int] | None = None,
 ) -> MemoryCreditPlan:
     """Build the scoring sequences of Eq. 5 for every row with a credited ``<mem>`` and a gold answer.
 
@@ -456,8 +455,6 @@ def plan_memory_credit(
               nearest the memory being credited are the ones it competes with;
             * a memory context [task, q, mem_t] over it, or an ε context over it with no turn left, leaves the row
               without R^M (A^T only, as a row without ``<mem>``; counted in ``too_long``).
-        rows: plan only these batch rows (their s_<t still from every row); None: every row. The rollout scorer
-            plans a turn's row as the turn commits.
 
     Each row's sequences are built with its segment's ``tool_schemas``, as at rollout.
     """
@@ -479,8 +476,6 @@ def plan_memory_credit(
     memory_rows, memory_sequence, baseline_sequence = [], [], []
     eps_truncated = too_long = 0
     for row_index, (segment, session) in enumerate(zip(segments, sessions, strict=True)):
-        if rows is not None and row_index not in rows:
-            continue
         memory_text = _credited_memory(segment)
         if memory_text is None:
             continue  # no <mem> or no gold: R^M undefined, the row gets A^T only

@@ -1,6 +1,6 @@
 """Memory credit at rollout (``mempo.credit.scorer: rollout``): a session's P[ans | ·] from the rollout server.
 
-``MemPOAgentLoop`` scores the same teacher-forced sequences the actor scorer would
+When a session ends, ``MemPOAgentLoop`` scores the same teacher-forced sequences the actor scorer would
 (``memory_credit.plan_memory_credit``, one source of truth) through verl's rollout server and writes P[ans | q, mem_t]
 and ε_t into each segment (``segments.SegmentCredit``); the trainer only z-scores them (A^M). Each sequence is one
 ``generate`` request with ``max_tokens=1`` and ``prompt_logprobs=0``: verl 0.9.1's vLLM server passes the fields to
@@ -9,18 +9,12 @@ and ε_t into each segment (``segments.SegmentCredit``); the trainer only z-scor
 
     P[ans | ctx] = exp( (1/|a|) Σ_{j ∈ a} log π(a_j | ctx, a_<j) )        (Eq. 4; memory_credit.geometric_mean_prob)
 
-When: a turn's two sequences (its memory context and its ε context) are sent as the turn commits
-(``SessionScorer.send``), so they run while the session's later turns generate, and the session's end waits only for
-its last turn's (``CreditStats.wait_s``); sending all of them at the end left the step's last sessions a tail of
-requests after their last turn.
-
 Prefix reuse: ``skip_reading_prefix_cache=False`` lets vLLM read its prefix cache for a prompt-log-prob request
 (vllm/sampling_params.py:547 skips it by default), so the nested ε contexts [task, q, s_<t] of a session are computed
-about once: sent turn by turn, each reads its predecessor's blocks (sent together, the longest goes first). vLLM fills
-prompt log-probs only for the positions it computed (gpu_model_runner.py ``_get_prompt_logprobs_dict``: from
-``num_computed_tokens`` on; the cached ones hold uninitialised memory), so a gold token's log-prob is read only where
-it was computed, and a request whose cached prefix reaches a gold token is sent again without cache reads
-(``answer_token_logprobs``).
+about once: the longest is sent first, then the others together. vLLM fills prompt log-probs only for the positions
+it computed (gpu_model_runner.py ``_get_prompt_logprobs_dict``: from ``num_computed_tokens`` on; the cached ones
+hold uninitialised memory), so a gold token's log-prob is read only where it was computed, and a request whose
+cached prefix reaches a gold token is sent again without cache reads (``answer_token_logprobs``).
 
 Which policy: the server's weights when the session ran. Under MemPO's sync trainer they are synced from the actor
 before each step's generation and the update comes after the advantage, so this is π_θ_old, the policy of the step's
@@ -39,7 +33,6 @@ Notation: U distinct scoring sequences of a session, L a sequence's length, B th
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -49,7 +42,6 @@ import torch
 from mempo_verl.memory_credit import (
     BaselineMode,
     MemoryCredit,
-    MemoryCreditPlan,
     ScoringSequence,
     geometric_mean_prob,
     memory_credit_from_probabilities,
@@ -159,7 +151,7 @@ def _ids_key(ids: Sequence[int]) -> tuple[int, ...]:
 
 
 class ScoredSequences(NamedTuple):
-    """What ``SessionScorer.score`` returns."""
+    """What ``score_sequences`` returns."""
 
     probabilities: torch.Tensor
     """`(U,)` float32 P[ans | ctx] of each sequence."""
@@ -200,117 +192,69 @@ async def _score_or_share(
     return (*result, 0)
 
 
-class SessionScorer:
-    """One session's scoring requests to the rollout server, each distinct (weights version, ids) sent once.
+async def score_sequences(
+    generate: Generate,
+    request_id: str,
+    sequences: Sequence[ScoringSequence],
+    shared: SharedScores | None = None,
+    version: Hashable | None = None,
+) -> ScoredSequences:
+    """P[ans | ctx] of each sequence through the rollout server: the longest first, so that its prefix blocks (the
+    history every shorter ε context of the session nests in) are cached, then the others concurrently.
 
-    ``send`` starts requests without waiting for them: the agent loop sends a turn's sequences as the turn commits,
-    so they run on the server while the session's later turns generate and their tool calls wait, and the session
-    end waits only for the last turn's. ``score`` returns the P of any sequences, reading those already sent. A
-    request sent under weights that are no longer the session's (an update mid-session) is not read; it is sent
-    again under the new version.
+    Args:
+        generate: the agent loop's ``server_manager.generate``.
+        request_id: the session's id: verl's sticky routing sends every request to the server holding its prefix.
+        sequences: `(U,)` the plan's distinct sequences.
+        shared: the worker's table of requests in flight or done; None scores every sequence here.
+        version: the weights version the session ran under (``global_steps``); None (unknown) shares nothing.
     """
-
-    def __init__(self, generate: Generate, request_id: str, shared: SharedScores | None = None) -> None:
-        """
-        Args:
-            generate: the agent loop's ``server_manager.generate``.
-            request_id: the session's id: verl's sticky routing sends every request to the server holding its prefix.
-            shared: the worker's table of requests in flight or done; None shares nothing across sessions.
-        """
-        self._generate, self._request_id, self._shared = generate, request_id, shared
-        self._sent: dict[tuple[int, ...], tuple[Hashable | None, asyncio.Task]] = {}
-        self._tasks: list[asyncio.Task] = []
-        """Every request this session started, read or not: the work it cost."""
-
-    def send(self, sequences: Sequence[ScoringSequence], version: Hashable | None = None) -> None:
-        """Start the requests of ``sequences`` not yet sent under ``version`` (call inside the event loop)."""
-        for sequence in sequences:
-            self._request(sequence, version)
-
-    def _request(self, sequence: ScoringSequence, version: Hashable | None) -> asyncio.Task:
-        key = _ids_key(sequence.input_ids)
-        sent = self._sent.get(key)
-        if sent is not None and sent[0] == version:
-            return sent[1]
-        task = asyncio.ensure_future(_score_or_share(self._generate, self._request_id, sequence, self._shared, version))
-        task.add_done_callback(_retrieve_exception)
-        self._sent[key] = (version, task)
-        self._tasks.append(task)
-        return task
-
-    def is_sent(self, sequence: ScoringSequence, version: Hashable | None) -> bool:
-        """Whether ``sequence``'s request under ``version`` was started."""
-        sent = self._sent.get(_ids_key(sequence.input_ids))
-        return sent is not None and sent[0] == version
-
-    async def score(self, sequences: Sequence[ScoringSequence], version: Hashable | None = None) -> ScoredSequences:
-        """P[ans | ctx] of each sequence. Those not sent yet go longest first, so that its prefix blocks (the history
-        every shorter ε context of the session nests in) are cached, then the others concurrently.
-
-        Args:
-            sequences: `(U,)` distinct scoring sequences.
-            version: the weights version the session ran under (``global_steps``); None (unknown) shares nothing.
-
-        Returns:
-            ``ScoredSequences``: `(U,)` P, and the work of every request this session started so far.
-        """
-        if not sequences:
-            return ScoredSequences(torch.zeros(0), 0, 0, 0)
-        unsent = [s for s in sequences if not self.is_sent(s, version)]
-        if unsent:
-            await self._request(max(unsent, key=lambda s: len(s.input_ids)), version)
-        results = await asyncio.gather(*(self._request(s, version) for s in sequences))
-        work = await asyncio.gather(*self._tasks)  # every request the session started, read or not: its cost
-        return ScoredSequences(
-            probabilities=torch.stack([r[0] for r in results]).float(),  # (U,)
-            computed_tokens=sum(w[1] for w in work),
-            retries=sum(w[2] for w in work),
-            shared=sum(r[3] for r in results),
-        )
-
-
-def _retrieve_exception(task: asyncio.Task) -> None:
-    """Mark a failed request's exception retrieved: the session reads it in ``score``, or never if it ended first."""
-    if not task.cancelled():
-        task.exception()
-
-
-def plan_session(
-    segments: Sequence[Segment],
-    tokenizer: Any,
-    baseline: BaselineMode,
-    max_length: int | None,
-    tags: TagSet = DEFAULT_TAGS,
-    rows: Sequence[int] | None = None,
-) -> MemoryCreditPlan:
-    """``memory_credit.plan_memory_credit`` of one session's segments (in order); ``rows``: only these."""
-    return plan_memory_credit(segments, [0] * len(segments), tokenizer, baseline, tags, max_length, rows=rows)
+    if not sequences:
+        return ScoredSequences(torch.zeros(0), 0, 0, 0)
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i].input_ids))
+    first = await _score_or_share(generate, request_id, sequences[order[0]], shared, version)
+    rest = await asyncio.gather(
+        *(_score_or_share(generate, request_id, sequences[i], shared, version) for i in order[1:])
+    )
+    results: list[Any] = [None] * len(sequences)
+    for i, result in zip(order, [first, *rest], strict=True):
+        results[i] = result
+    return ScoredSequences(
+        probabilities=torch.stack([r[0] for r in results]).float(),  # (U,)
+        computed_tokens=sum(r[1] for r in results),
+        retries=sum(r[2] for r in results),
+        shared=sum(r[3] for r in results),
+    )
 
 
 async def score_session(
-    scorer: SessionScorer,
+    generate: Generate,
+    request_id: str,
     segments: Sequence[Segment],
     tokenizer: Any,
     baseline: BaselineMode,
     max_length: int | None,
     tags: TagSet = DEFAULT_TAGS,
+    shared: SharedScores | None = None,
     version: Hashable | None = None,
 ) -> list[Segment]:
     """The session's segments with the rollout scorer's P[ans | q, mem_t] and ε_t (``Segment.credit``) and, on the
     last one, the scoring work (``Segment.credit_stats``).
 
     Args:
-        scorer: the session's ``SessionScorer`` (holding the requests its turns sent as they committed).
+        generate: the agent loop's ``server_manager.generate``.
+        request_id: the session's request id.
         segments: `(B,)` the session's segments in order.
         tokenizer: the policy's fast tokenizer.
         baseline: ε_t mode (``mempo.credit.baseline``).
         max_length: the scoring window (``config.scoring_window``); see ``plan_memory_credit`` for the length policy.
         tags: tag names.
+        shared: the worker's ``SharedScores``; None scores every sequence of the session itself.
         version: the weights version of the session's generations (``global_steps``; None shares nothing).
     """
-    started = time.perf_counter()
-    plan = plan_session(segments, tokenizer, baseline, max_length, tags)
-    scores = await scorer.score(plan.sequences, version)
+    # one session: every row shares its session id
+    plan = plan_memory_credit(segments, [0] * len(segments), tokenizer, baseline, tags, max_length)
+    scores = await score_sequences(generate, request_id, plan.sequences, shared, version)
     credit = memory_credit_from_probabilities(plan, scores.probabilities, len(segments))
     scored = [
         replace(segment, credit=SegmentCredit(float(credit.p_memory[i]), float(credit.p_baseline[i])))
@@ -326,7 +270,6 @@ async def score_session(
         shared=scores.shared,
         eps_truncated=plan.eps_truncated,
         too_long=plan.too_long,
-        wait_s=time.perf_counter() - started,
     )
     scored[-1] = replace(scored[-1], credit_stats=stats)
     return scored

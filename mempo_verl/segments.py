@@ -89,8 +89,6 @@ class CreditStats:
     """ε contexts whose oldest turns were dropped to fit the scoring window (``memory_credit.plan_memory_credit``)."""
     too_long: int
     """``<mem>`` segments left without R^M because even their shortest context does not fit the window."""
-    wait_s: float = 0.0
-    """Seconds the session's end waited for its scores (the requests its earlier turns sent ran meanwhile)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ AGENT_NAME = "mempo_agent"
 NO_SESSION_SCORING: dict[str, Any] = {"mempo": {"credit": {"scorer": "actor"}}}
 """Merged into every agent-loop config built outside a trainer (``trainer_config``, ``data.sft.agent_config``),
 under the caller's overrides. The default scorer, ``rollout``, scores each session's memory credit through the server
-during each session; nothing out here trains, so that credit is never read, and eval's backends (and the SFT oracle's
+at session end; nothing out here trains, so that credit is never read, and eval's backends (and the SFT oracle's
 scripted turns) serve no prompt log-probs. ``actor`` leaves the scoring to a training step that never comes. An
 override ``mempo.credit.scorer=rollout`` still wins (the rollout scorer's tests play sessions that way)."""
 

