@@ -118,4 +118,7 @@ def rollout_scoring_metrics(segments: list[Segment | None]) -> dict[str, float]:
         "mempo/memory_credit/shared": sum(s.shared for s in stats),
         "mempo/credit_eps_truncated": sum(s.eps_truncated for s in stats),
         "mempo/memory_credit/too_long": sum(s.too_long for s in stats),
+        # what scoring adds after a session's last turn; the step's generation ends with its slowest session
+        "mempo/memory_credit/wait_s/mean": sum(s.wait_s for s in stats) / len(stats) if stats else 0.0,
+        "mempo/memory_credit/wait_s/max": max((s.wait_s for s in stats), default=0.0),
     }

@@ -33,6 +33,7 @@ Notation: U distinct scoring sequences of a session, L a sequence's length, B th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -252,6 +253,7 @@ async def score_session(
         shared: the worker's ``SharedScores``; None scores every sequence of the session itself.
         version: the weights version of the session's generations (``global_steps``; None shares nothing).
     """
+    started = time.perf_counter()
     # one session: every row shares its session id
     plan = plan_memory_credit(segments, [0] * len(segments), tokenizer, baseline, tags, max_length)
     scores = await score_sequences(generate, request_id, plan.sequences, shared, version)
@@ -270,6 +272,7 @@ async def score_session(
         shared=scores.shared,
         eps_truncated=plan.eps_truncated,
         too_long=plan.too_long,
+        wait_s=time.perf_counter() - started,
     )
     scored[-1] = replace(scored[-1], credit_stats=stats)
     return scored

@@ -89,6 +89,8 @@ class CreditStats:
     """ε contexts whose oldest turns were dropped to fit the scoring window (``memory_credit.plan_memory_credit``)."""
     too_long: int
     """``<mem>`` segments left without R^M because even their shortest context does not fit the window."""
+    wait_s: float = 0.0
+    """Wall seconds from the session's last turn to its scores: what scoring adds to the session's own time."""
 
 
 @dataclass(frozen=True)

