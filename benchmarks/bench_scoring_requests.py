@@ -13,6 +13,10 @@ requests concurrently, as the sessions of a step do; its wall time is the median
   on): the prefill the scorer cannot avoid, so ``scorer`` − ``prefill only`` is the log-probs' own cost;
 - ``history warmed``: per session its longest sequence sent without log-probs first, then ``score_session``, whose
   requests then compute only past the cached blocks;
+- ``contexts only`` / ``contexts, then scorer``: every sequence's context (without its gold tokens) sent without
+  log-probs; then, in the second, ``score_session``, whose requests find their contexts cached up to the last full
+  block: the difference is what scoring costs over a warm cache, where a request computes little but its log-prob
+  output still has an entry per prompt position;
 - ``request overhead``: as many requests as ``scorer`` sends, each a 16-token prompt with prompt log-probs: what a
   request costs beyond its tokens.
 """
@@ -72,6 +76,24 @@ def variants(sessions: list, tokenizer: Any) -> dict[str, Callable[[Any], Awaita
 
         return requests + len(ordered), sum(await asyncio.gather(*(one(i) for i in range(len(ordered)))))
 
+    contexts = [sorted((list(q.input_ids[: q.answer_mask.index(1)]) for q in plan.sequences), key=len, reverse=True)
+                for plan in plans]  # fmt: skip
+
+    async def warm_contexts(server: Any, i: int) -> int:
+        first = await _prefill(server, f"s{i}", contexts[i][0])
+        return first + sum(await asyncio.gather(*(_prefill(server, f"s{i}", c) for c in contexts[i][1:])))
+
+    async def contexts_only(server: Any) -> tuple[int, int]:
+        return requests, sum(await asyncio.gather(*(warm_contexts(server, i) for i in range(len(contexts)))))
+
+    async def contexts_then_scorer(server: Any) -> tuple[int, int]:
+        async def one(i: int) -> int:
+            warm = await warm_contexts(server, i)
+            scored = await score_session(server.generate, f"s{i}", segments[i], tokenizer, "prefix", None)
+            return warm + scored[-1].credit_stats.computed_tokens
+
+        return 2 * requests, sum(await asyncio.gather(*(one(i) for i in range(len(contexts)))))
+
     async def request_overhead(server: Any) -> tuple[int, int]:
         params = {**SCORING_PARAMS, "skip_reading_prefix_cache": True}
         prompt = list(ordered[0][0][:16])
@@ -80,6 +102,7 @@ def variants(sessions: list, tokenizer: Any) -> dict[str, Callable[[Any], Awaita
         return requests, 16 * requests
 
     return {"scorer": scorer, "prefill only": prefill_only, "history warmed": history_warmed,
+            "contexts only": contexts_only, "contexts, then scorer": contexts_then_scorer,
             "request overhead": request_overhead}  # fmt: skip
 
 
