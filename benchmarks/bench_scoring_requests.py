@@ -54,45 +54,27 @@ def variants(sessions: list, tokenizer: Any) -> dict[str, Callable[[Any], Awaita
     segments = [[Segment.from_extra_fields(o.extra_fields) for o in session] for session in sessions]
     plans = [plan_memory_credit(s, [0] * len(s), tokenizer, "prefix") for s in segments]
     ordered = [sorted((list(q.input_ids) for q in plan.sequences), key=len, reverse=True) for plan in plans]
-    requests = sum(len(o) for o in ordered)
-
-    async def scorer(server: Any) -> tuple[int, int]:
-        scored = await asyncio.gather(*(score_session(server.generate, f"s{i}", s, tokenizer, "prefix", None)
-                                        for i, s in enumerate(segments)))  # fmt: skip
-        return requests, sum(s[-1].credit_stats.computed_tokens for s in scored)
-
-    async def prefill_only(server: Any) -> tuple[int, int]:
-        async def one(i: int, sequences: list[list[int]]) -> int:
-            first = await _prefill(server, f"s{i}", sequences[0])
-            return first + sum(await asyncio.gather(*(_prefill(server, f"s{i}", q) for q in sequences[1:])))
-
-        return requests, sum(await asyncio.gather(*(one(i, o) for i, o in enumerate(ordered))))
-
-    async def history_warmed(server: Any) -> tuple[int, int]:
-        async def one(i: int) -> int:
-            warm = await _prefill(server, f"s{i}", ordered[i][0])
-            scored = await score_session(server.generate, f"s{i}", segments[i], tokenizer, "prefix", None)
-            return warm + scored[-1].credit_stats.computed_tokens
-
-        return requests + len(ordered), sum(await asyncio.gather(*(one(i) for i in range(len(ordered)))))
-
     contexts = [sorted((list(q.input_ids[: q.answer_mask.index(1)]) for q in plan.sequences), key=len, reverse=True)
                 for plan in plans]  # fmt: skip
+    requests = sum(len(o) for o in ordered)
 
-    async def warm_contexts(server: Any, i: int) -> int:
-        first = await _prefill(server, f"s{i}", contexts[i][0])
-        return first + sum(await asyncio.gather(*(_prefill(server, f"s{i}", c) for c in contexts[i][1:])))
+    async def prefill(server: Any, i: int, sequences: list[list[int]]) -> int:
+        """Session i's ``sequences`` without log-probs, as the scorer orders them: the longest, then the rest."""
+        first = await _prefill(server, f"s{i}", sequences[0])
+        return first + sum(await asyncio.gather(*(_prefill(server, f"s{i}", q) for q in sequences[1:])))
 
-    async def contexts_only(server: Any) -> tuple[int, int]:
-        return requests, sum(await asyncio.gather(*(warm_contexts(server, i) for i in range(len(contexts)))))
+    async def score(server: Any, i: int) -> int:
+        scored = await score_session(server.generate, f"s{i}", segments[i], tokenizer, "prefix", None)
+        return scored[-1].credit_stats.computed_tokens
 
-    async def contexts_then_scorer(server: Any) -> tuple[int, int]:
-        async def one(i: int) -> int:
-            warm = await warm_contexts(server, i)
-            scored = await score_session(server.generate, f"s{i}", segments[i], tokenizer, "prefix", None)
-            return warm + scored[-1].credit_stats.computed_tokens
+    async def warm_then_score(server: Any, i: int, warm: list[list[int]]) -> int:
+        return await prefill(server, i, warm) + await score(server, i)
 
-        return 2 * requests, sum(await asyncio.gather(*(one(i) for i in range(len(contexts)))))
+    def every_session(sent: int, per_session: Callable[[Any, int], Awaitable[int]]) -> Callable:
+        async def run(server: Any) -> tuple[int, int]:
+            return sent, sum(await asyncio.gather(*(per_session(server, i) for i in range(len(segments)))))
+
+        return run
 
     async def request_overhead(server: Any) -> tuple[int, int]:
         params = {**SCORING_PARAMS, "skip_reading_prefix_cache": True}
@@ -101,9 +83,16 @@ def variants(sessions: list, tokenizer: Any) -> dict[str, Callable[[Any], Awaita
                                for k in range(requests)))  # fmt: skip
         return requests, 16 * requests
 
-    return {"scorer": scorer, "prefill only": prefill_only, "history warmed": history_warmed,
-            "contexts only": contexts_only, "contexts, then scorer": contexts_then_scorer,
-            "request overhead": request_overhead}  # fmt: skip
+    return {
+        "scorer": every_session(requests, score),
+        "prefill only": every_session(requests, lambda server, i: prefill(server, i, ordered[i])),
+        "history warmed": every_session(requests + len(ordered),
+                                        lambda server, i: warm_then_score(server, i, ordered[i][:1])),
+        "contexts only": every_session(requests, lambda server, i: prefill(server, i, contexts[i])),
+        "contexts, then scorer": every_session(2 * requests,
+                                               lambda server, i: warm_then_score(server, i, contexts[i])),
+        "request overhead": request_overhead,
+    }  # fmt: skip
 
 
 def measure(server: Any, run: Callable[[Any], Awaitable[tuple[int, int]]], repeats: int) -> tuple[int, int, float]:
