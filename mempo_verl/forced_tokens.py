@@ -1,10 +1,11 @@
 """A vLLM logits processor that makes a request generate given tokens: the server side of the rollout scorer.
 
 A request whose ``SamplingParams.extra_args`` holds ``FORCED_TOKENS_KEY: [a_1, …, a_K]`` (and ``max_tokens=K``)
-samples a_k at its k-th step: every other logit is set to −inf after vLLM has taken the step's log-probs, which are
-of the raw logits (``logprobs_mode=raw_logprobs``, verl's default; vllm/v1/sample/sampler.py ``Sampler.forward``
-computes them before any logits processor). So the sampled-token log-probs verl returns (``logprobs=True``) are
-log π(a_k | prompt, a_<k), each from logits the server computed in that request, never read from its prefix cache.
+samples a_k at its k-th step: every other logit is set to −inf after vLLM has taken the step's log-probs. Under
+``logprobs_mode=raw_logprobs``, which the recipes set, those are of the raw logits (vllm/v1/sample/sampler.py
+``Sampler.forward`` computes them before any logits processor; verl's default, ``processed_logprobs``, after it).
+So the sampled-token log-probs verl returns (``logprobs=True``) are log π(a_k | prompt, a_<k), each from logits the
+server computed in that request, never read from its prefix cache.
 
 Loaded by vLLM's engine, in its worker process, from ``actor_rollout_ref.rollout.engine_kwargs.vllm.logits_processors``
 (``rollout_credit.FORCED_TOKENS_PROCESSOR``, which recipes/base/mempo_defaults.yaml lists); requests without the key

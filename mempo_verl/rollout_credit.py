@@ -15,8 +15,9 @@ logits processor; verl's default, ``processed_logprobs``, would return the force
 Why generate rather than ask for prompt log-probs: a prompt-log-prob request makes vLLM compute the log-softmax over
 the vocabulary at every computed prompt position and return one Python ``Logprob`` per prompt position, cached ones
 included (vllm/v1/engine/logprobs.py ``_update_prompt_logprobs``), so its cost grows with the scored tokens (~t²)
-however much the prefix cache saves. The generated answer costs |a| log-probs per request (BENCHMARKS §3c: 4.1x
-faster with Qwen2.5's vocabulary at 8 turns). Every gold log-prob comes from logits the request computed (vLLM
+however much the prefix cache saves. The generated answer costs |a| log-probs and |a| − 1 decode steps per request
+(BENCHMARKS §3d: 7.4x faster with Qwen2.5's 151 k vocabulary at 8 turns; 1.25x slower on the tiny world's 640-token
+vocabulary, whose answers take ~31 tokens). Every gold log-prob comes from logits the request computed (vLLM
 always computes a prompt's last position), so cache reads never reach a gold token.
 
 Prefix reuse: ``skip_reading_prefix_cache=False`` lets the request read vLLM's prefix cache, so the nested ε contexts
