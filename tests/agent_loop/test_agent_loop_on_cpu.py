@@ -90,7 +90,7 @@ def sample(uid="u1", session_id=0, **extra_info):
 @pytest.fixture(scope="module")
 def base_config(tiny_model_path):
     """verl's real ppo_trainer config, composed from the installed package, with our reward function; no session-end
-    scoring (its scripted servers serve no prompt log-probs; the rollout scorer has tests/agent_loop/
+    scoring (its scripted servers do not force answers; the rollout scorer has tests/agent_loop/
     test_rollout_credit_on_cpu.py)."""
     rollout = {"prompt_length": 1024, "response_length": 128, "calculate_log_probs": True}
     model = {"path": str(tiny_model_path)}

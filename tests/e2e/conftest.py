@@ -193,9 +193,9 @@ def tiny_world(tmp_path_factory, model_cache) -> TinyWorldRuns:
     its sessions are right often enough for the advantages to be non-zero), a crash in the middle of the next step
     (`KillOnLine` of the driver, 4 s after step 2's console line) and the rerun that resumes it.
 
-    Steps 1-2 score memory credit with the recipe's default `scorer: rollout` (vLLM prompt log-probs at session
-    end), the resumed step 3 with `scorer: actor` (the FSDP actor inside the step): the credit dump of each step is
-    checked against the same formulas, so both scoring paths are tested end to end."""
+    Steps 1-2 score memory credit with the recipe's default `scorer: rollout` (vLLM generates each gold answer at
+    session end), the resumed step 3 with `scorer: actor` (the FSDP actor inside the step): the credit dump of each
+    step is checked against the same formulas, so both scoring paths are tested end to end."""
     from mempo_verl.data.sft import synthetic_oracle_rows, write_sft
     from mempo_verl.tiny import data, tiny_world_model_dir
 
